@@ -1,0 +1,62 @@
+"""The explicit table of backends.
+
+Each entry says statically what the backend can run (precisions, devices,
+NMS variants) and which package it needs, so planning needs no heavy import.
+The runner class is imported only when a cell of that backend runs.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    module: str
+    runner: str
+    requires: tuple[str, ...]
+    precisions: frozenset[str]
+    devices: frozenset[str]
+    nms: frozenset[str]
+
+    def available(self) -> tuple[bool, str]:
+        """Whether its packages are importable here (no import is done)."""
+        for mod in self.requires:
+            try:
+                found = importlib.util.find_spec(mod) is not None
+            except (ImportError, ValueError):  # a broken or blocked install counts as absent
+                found = False
+            if not found:
+                return False, f"python module '{mod}' is not installed"
+        return True, "installed"
+
+    def static_skip_reason(self, cell: dict) -> str | None:
+        """Why the backend can never run this combination (None when it might)."""
+        if cell["precision"] not in self.precisions:
+            return (f"{self.name} does not run {cell['precision']} "
+                    f"(runs {', '.join(sorted(self.precisions))})")
+        if cell["device"].split(":")[0] not in self.devices:
+            return f"{self.name} does not run on {cell['device']}"
+        if cell["nms"] not in self.nms:
+            return f"{self.name} cannot execute nms '{cell['nms']}'"
+        return None
+
+    def load_runner_class(self):
+        return getattr(importlib.import_module(self.module), self.runner)
+
+
+BACKENDS: dict[str, Backend] = {
+    "pytorch": Backend("pytorch", "harness.backends.pytorch", "PyTorchRunner", ("torch", "mmyolo"),
+                       frozenset({"fp32", "fp16", "bf16"}), frozenset({"cpu", "cuda"}),
+                       frozenset({"none"})),
+    "onnxruntime": Backend("onnxruntime", "harness.backends.onnxruntime", "OnnxRuntimeRunner",
+                           ("onnxruntime", "onnx", "torch", "mmyolo"),
+                           frozenset({"fp32", "fp16", "int8"}), frozenset({"cpu", "cuda"}),
+                           frozenset({"none", "onnx"})),
+    "tensorrt": Backend("tensorrt", "harness.backends.tensorrt", "TensorRTRunner",
+                        ("tensorrt", "onnx", "torch", "mmyolo"),
+                        frozenset({"fp32", "fp16", "int8"}), frozenset({"cuda"}),
+                        frozenset({"none", "onnx", "efficient_nms", "batched_nms"})),
+}

@@ -1,0 +1,65 @@
+"""What every backend runner provides: one lifecycle, identical inputs and outputs.
+
+A runner is built from a cell, ``load()``-ed once (model build, export,
+engine build: each a cached step), then ``forward`` runs the part that is
+timed as model time and ``postprocess`` turns its outputs into detections in
+original image coordinates.  Preprocessing is shared (harness.models.preprocess)
+so every backend sees the same tensor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class SkipCell(Exception):
+    """Raised by a runner that finds at run time that it cannot run this cell here."""
+
+
+@dataclass
+class Detections:
+    """One image's detections: xyxy boxes in original pixels, scores, 0-based labels (numpy)."""
+
+    boxes: Any
+    scores: Any
+    labels: Any
+
+
+@dataclass
+class RunnerInfo:
+    """What a runner reports about itself for provenance (provider, engine hash, ...)."""
+
+    facts: dict = field(default_factory=dict)
+    artifacts: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+
+class Runner:
+    """Base class: subclasses implement ``load``, ``forward``, ``postprocess`` and ``close``."""
+
+    def __init__(self, cell: dict, ctx):
+        self.cell = cell
+        self.ctx = ctx  # harness.runner.context.CellContext: config, cache, eval settings
+        self.info = RunnerInfo()
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def forward(self, inputs):
+        raise NotImplementedError
+
+    def postprocess(self, raw, metas: list[dict]) -> list[Detections]:
+        raise NotImplementedError
+
+    def infer(self, prepared) -> list[Detections]:
+        return self.postprocess(self.forward(prepared.inputs), prepared.metas)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        self.load()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

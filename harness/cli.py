@@ -1,0 +1,196 @@
+"""The ``detbench`` command: thin adapters over plain functions.
+
+Every user error is a :class:`~harness.errors.UserError`, printed as one line
+with exit code 2; cells that failed give exit code 3; bugs keep their traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from harness.errors import UserError
+
+DEFAULT_DB = "sqlite:///results.db"
+EXIT_OK, EXIT_USER, EXIT_FAILED_CELLS = 0, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="detbench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name, help_):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--db", default=os.environ.get("DETBENCH_DB", DEFAULT_DB),
+                        help=f"SQLAlchemy URL of the results store (default {DEFAULT_DB})")
+        return sp
+
+    sp = cmd("plan", "print the cells a matrix expands to; runs nothing")
+    sp.add_argument("matrix")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("run", "run every cell of a matrix (or resume a run)")
+    sp.add_argument("matrix", nargs="?")
+    sp.add_argument("--resume", metavar="RUN_ID", help="finish the unfinished cells of a run")
+    sp.add_argument("--force", action="store_true", help="with --resume: rerun finished cells too")
+    sp.add_argument("--cache-dir", default=os.environ.get("DETBENCH_CACHE", ".detbench"))
+    sp = cmd("list", "runs in the store")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("show", "every cell of a run with its metrics")
+    sp.add_argument("run_id")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("export", "a run's cells as CSV, Markdown or JSON")
+    sp.add_argument("run_id")
+    sp.add_argument("--format", choices=("csv", "md", "json"), default="csv")
+    sp.add_argument("-o", "--output")
+    sp = cmd("synth", "generate a synthetic COCO-format dataset")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--images", type=int, default=100)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--size", type=int, default=320)
+    sp.add_argument("--max-objects", type=int, default=6)
+    cmd("models", "the model names detbench knows")
+    sp = cmd("db", "store maintenance")
+    sp.add_argument("action", choices=("upgrade", "status"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"detbench: error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("detbench: interrupted; resume with `detbench run --resume <run-id>`", file=sys.stderr)
+        return 130
+
+
+def _store(args, **kw):
+    from harness.store import Store
+
+    return Store(args.db, **kw)
+
+
+def cmd_plan(args) -> int:
+    from harness import matrix as mx
+    from harness.cli_views import print_plan
+
+    m, _ = mx.load(args.matrix)
+    cells = mx.expand(m)
+    if args.json:
+        print(json.dumps({"matrix": args.matrix, "backends": _availability(),
+                          "cells": [_plan_entry(c) for c in cells]}, indent=2))
+    else:
+        print_plan(m, cells, _availability())
+    return EXIT_OK
+
+
+def _plan_entry(cell: dict) -> dict:
+    from harness.matrix import AXES
+
+    return {"key": cell["key"], **{k: cell[k] for k in AXES}, "skip_reason": cell["skip_reason"]}
+
+
+def _availability() -> dict:
+    from harness.backends import BACKENDS
+
+    return {name: dict(zip(("available", "reason"), b.available())) for name, b in BACKENDS.items()}
+
+
+def cmd_run(args) -> int:
+    from harness.cli_views import RunProgress, print_summary
+    from harness.runner import orchestrator
+
+    if bool(args.matrix) == bool(args.resume):
+        raise UserError("give a matrix file to start a run, or --resume RUN_ID to finish one")
+    if args.force and not args.resume:
+        raise UserError("--force reruns the cells of an existing run: use it with --resume RUN_ID")
+    store = _store(args)
+    cache = Path(args.cache_dir).resolve()
+    run_id = store.get_run(args.resume).id if args.resume else orchestrator.create_run(store, args.matrix, cache)
+    print(f"run {run_id}  (store {args.db})", file=sys.stderr)
+    with RunProgress() as progress:
+        orchestrator.execute(store, run_id, cache, force=args.force, on_event=progress.event)
+    cells = store.cells(run_id)
+    print_summary(store.get_run(run_id), cells)
+    return EXIT_FAILED_CELLS if any(c.status == "failed" for c in cells) else EXIT_OK
+
+
+def cmd_list(args) -> int:
+    from harness.cli_views import print_runs
+
+    runs = _store(args, readonly=True).list_runs()
+    if args.json:
+        print(json.dumps([r.to_dict() for r in runs], indent=2, default=str))
+    else:
+        print_runs(runs)
+    return EXIT_OK
+
+
+def cmd_show(args) -> int:
+    from harness import report
+    from harness.cli_views import print_summary
+
+    store = _store(args, readonly=True)
+    run = store.get_run(args.run_id)
+    cells = store.cells(run.id)
+    if args.json:
+        print(report.to_json(run, cells))
+    else:
+        print_summary(run, cells)
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from harness import report
+
+    store = _store(args, readonly=True)
+    run = store.get_run(args.run_id)
+    cells = store.cells(run.id)
+    rows = [report.cell_row(c) for c in cells]
+    text = {"csv": lambda: report.to_csv(rows), "md": lambda: report.to_markdown(rows),
+            "json": lambda: report.to_json(run, cells)}[args.format]()
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_synth(args) -> int:
+    from harness.data.synth import generate
+
+    if args.images <= 0:
+        raise UserError(f"--images must be positive, got {args.images}")
+    ann = generate(args.out, images=args.images, seed=args.seed, size=args.size,
+                   max_objects=args.max_objects)
+    print(f"wrote {args.images} images and {ann}")
+    return EXIT_OK
+
+
+def cmd_models(args) -> int:
+    from harness.models.table import MODELS
+
+    for name, cfg in MODELS.items():
+        print(f"{name:16s} mmyolo::{cfg}")
+    return EXIT_OK
+
+
+def cmd_db(args) -> int:
+    from harness import store as st
+
+    if args.action == "upgrade":
+        st.upgrade(args.db)
+    print(f"{args.db}: revision {st.current_revision(args.db)} (head {st.head_revision()})")
+    return EXIT_OK
+
+
+COMMANDS = {"plan": cmd_plan, "run": cmd_run, "list": cmd_list, "show": cmd_show,
+            "export": cmd_export, "synth": cmd_synth, "models": cmd_models, "db": cmd_db}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Turn a matrix's dataset section into concrete files (generating synthetic ones once)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from harness.errors import UserError
+
+
+def resolve_dataset(spec, cache_dir: Path, where: str = "dataset") -> dict:
+    """Paths of images and annotations; a synthetic set is generated into the cache, keyed by its parameters."""
+    if spec.synth is not None:
+        images_dir, ann = synth_dataset(spec.synth.images, spec.synth.seed, spec.synth.size, cache_dir)
+        return {"images": str(images_dir), "annotations": str(ann), "limit": spec.limit,
+                "synth": spec.synth.model_dump()}
+    images, ann = Path(spec.images), Path(spec.annotations)
+    if not ann.is_file():
+        raise UserError(f"{where}.annotations: '{ann}' does not exist; give the path of a COCO "
+                        "instances json (relative paths are relative to the matrix file)")
+    if not images.is_dir():
+        raise UserError(f"{where}.images: '{images}' is not a directory")
+    return {"images": str(images), "annotations": str(ann), "limit": spec.limit}
+
+
+def synth_dataset(images: int, seed: int, size: int, cache_dir: Path) -> tuple[Path, Path]:
+    """Generate (or reuse) a synthetic COCO dataset; writes to a temp dir then renames (atomic)."""
+    from harness.data.synth import generate
+
+    key = hashlib.sha256(json.dumps([images, seed, size, _generator_hash()]).encode()).hexdigest()[:16]
+    out = Path(cache_dir) / "datasets" / f"synth-n{images}-s{seed}-{size}px-{key}"
+    if not (out / "annotations.json").is_file():
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        generate(tmp, images=images, seed=seed, size=size)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return out / "images", out / "annotations.json"
+
+
+def _generator_hash() -> str:
+    """A change to the generator's code must not reuse datasets made by the old one."""
+    return hashlib.sha256(Path(__file__).with_name("synth.py").read_bytes()).hexdigest()

@@ -1,0 +1,201 @@
+"""Deterministic synthetic COCO-format detection dataset.
+
+``generate(out_dir, images, seed)`` writes ``out_dir/images/000000.png ...``
+(lossless PNG) and ``out_dir/annotations.json`` (COCO instances) and returns the
+path of the annotation file.  The same arguments give byte-identical output:
+all randomness comes from one ``numpy.random.default_rng(seed)`` stream.
+
+Each image has a textured, noisy background, optional unannotated clutter
+(lines, thin elongated blobs, polylines) drawn *under* the objects, and
+1..max_objects shapes of random colour and size.  Sizes are drawn per object
+from one of three buckets so that COCO small (< 32^2), medium and large
+(> 96^2) areas all occur.  Objects may overlap; later ones are drawn on top.
+An annotation keeps the bbox of the full shape, but is dropped when more than
+``MAX_OCCLUSION`` of the shape is hidden.  ``area`` is the visible pixel count
+(as COCO's area is the area of the visible segmentation).
+
+``file_name`` in the annotation file is relative to ``out_dir/images/`` (use
+``data_prefix=dict(img='images/')`` in mmdet/mmyolo configs).  Image and
+annotation ids start at 1.  Heavy imports (numpy, cv2) happen inside
+:func:`generate` so that importing this module is cheap.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+CLASSES: tuple[str, ...] = ("circle", "square", "triangle")
+
+#: an annotation is dropped when more than this fraction of the shape is hidden
+MAX_OCCLUSION = 0.6
+#: shape side length ranges (pixels) for the small / medium / large buckets
+_SIZE_BUCKETS = ((8.0, 28.0), (38.0, 88.0), (112.0, 190.0))
+#: minimum L2 RGB distance between an object colour and the background under it
+_MIN_CONTRAST = 70.0
+
+
+def generate(out_dir, images: int, seed: int, size: int = 320, max_objects: int = 6,
+             clutter: bool = True) -> pathlib.Path:
+    """Write ``images`` synthetic images and their COCO annotations under ``out_dir``."""
+    import cv2
+    import numpy as np
+
+    if images < 0 or max_objects < 1 or size < 16:
+        raise ValueError("need images >= 0, max_objects >= 1 and size >= 16")
+    out = pathlib.Path(out_dir)
+    img_dir = out / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    coco_images, coco_anns = [], []
+    ann_id = 1
+    for idx in range(images):
+        canvas = _background(rng, size, np, cv2)
+        if clutter:
+            _clutter(rng, canvas, np, cv2)
+        owner = np.full((size, size), -1, dtype=np.int32)  # index of the top object per pixel
+        shapes = []
+        n = int(rng.integers(1, max_objects + 1))
+        for k in range(n):
+            cls = int(rng.integers(len(CLASSES)))
+            mask = _shape_mask(rng, CLASSES[cls], size, np, cv2)
+            colour = _pick_colour(rng, canvas[mask.astype(bool)], np)
+            _paint(rng, canvas, mask.astype(bool), colour, np)
+            owner[mask.astype(bool)] = k
+            ys, xs = np.nonzero(mask)
+            x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
+            shapes.append((cls, int(mask.sum()), (x0, y0, x1 - x0 + 1, y1 - y0 + 1)))
+        visible = np.bincount(owner[owner >= 0].ravel(), minlength=n)
+        image_id = idx + 1
+        for k, (cls, full_area, bbox) in enumerate(shapes):
+            vis = int(visible[k])
+            if vis < (1.0 - MAX_OCCLUSION) * full_area:
+                continue
+            coco_anns.append({
+                "id": ann_id, "image_id": image_id, "category_id": cls + 1,
+                "bbox": [float(v) for v in bbox], "area": float(vis), "iscrowd": 0,
+            })
+            ann_id += 1
+        if clutter:
+            _noise_on_top(rng, canvas, np)
+        name = f"{idx:06d}.png"
+        ok, buf = cv2.imencode(".png", canvas, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        if not ok:
+            raise RuntimeError(f"PNG encoding failed for {name}")
+        (img_dir / name).write_bytes(buf.tobytes())
+        coco_images.append({"id": image_id, "file_name": name, "width": size, "height": size})
+
+    doc = {
+        "info": {"description": "detbench synthetic shapes", "version": "1",
+                 "seed": int(seed), "images": int(images), "size": int(size),
+                 "max_objects": int(max_objects), "clutter": bool(clutter)},
+        "images": coco_images,
+        "annotations": coco_anns,
+        "categories": [{"id": i + 1, "name": c, "supercategory": "shape"}
+                       for i, c in enumerate(CLASSES)],
+    }
+    path = out / "annotations.json"
+    path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+    return path
+
+
+def _background(rng, size, np, cv2):
+    """Smooth random colour field + optional stripes + per-pixel noise (BGR uint8)."""
+    base = rng.uniform(30, 225, size=3)
+    grid = int(rng.integers(2, 9))
+    field = rng.uniform(-1, 1, size=(grid, grid, 3)).astype(np.float32)
+    field = cv2.resize(field, (size, size), interpolation=cv2.INTER_CUBIC)
+    img = base + field * rng.uniform(10, 60)
+    if rng.random() < 0.3:  # faint stripes
+        period = rng.uniform(6, 40)
+        angle = rng.uniform(0, np.pi)
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+        phase = (xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period
+        img += (np.sin(phase) * rng.uniform(5, 20))[..., None]
+    img += rng.normal(0, rng.uniform(2, 14), size=img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _clutter(rng, canvas, np, cv2):
+    """Unannotated distractors: straight lines, polylines and thin elongated blobs."""
+    size = canvas.shape[0]
+    for _ in range(int(rng.integers(0, 9))):
+        kind = int(rng.integers(3))
+        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        thick = int(rng.integers(1, 4))
+        if kind == 0:
+            p = rng.integers(0, size, size=4)
+            cv2.line(canvas, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), colour, thick)
+        elif kind == 1:
+            pts = rng.integers(0, size, size=(int(rng.integers(3, 7)), 2)).astype(np.int32)
+            cv2.polylines(canvas, [pts], False, colour, thick)
+        else:
+            c = rng.integers(0, size, size=2)
+            major = int(rng.integers(6, max(7, size // 6)))
+            minor = max(1, int(major * rng.uniform(0.08, 0.3)))
+            cv2.ellipse(canvas, (int(c[0]), int(c[1])), (major, minor),
+                        float(rng.uniform(0, 180)), 0, 360, colour, -1)
+
+
+def _shape_mask(rng, name, size, np, cv2):
+    """Binary mask (uint8 0/1) of one shape, fully inside the image."""
+    bucket = int(rng.integers(3))
+    lo, hi = _SIZE_BUCKETS[bucket]
+    hi = min(hi, 0.75 * size)
+    lo = min(lo, hi)
+    side = float(rng.uniform(lo, hi))
+    half = side / 2.0
+    margin = half + 1.0
+    cx = float(rng.uniform(margin, size - margin)) if size - 2 * margin > 0 else size / 2.0
+    cy = float(rng.uniform(margin, size - margin)) if size - 2 * margin > 0 else size / 2.0
+    mask = np.zeros((size, size), dtype=np.uint8)
+    if name == "circle":
+        cv2.circle(mask, (int(round(cx)), int(round(cy))), max(1, int(round(half))), 1, -1)
+    elif name == "square":
+        angle = 0.0 if rng.random() < 0.5 else float(rng.uniform(0, np.pi / 2))
+        # a rotated square must still fit in the circle of radius `half`
+        r = half
+        pts = [(cx + r * np.cos(angle + np.pi / 4 + j * np.pi / 2),
+                cy + r * np.sin(angle + np.pi / 4 + j * np.pi / 2)) for j in range(4)]
+        if angle == 0.0:  # axis aligned: use the full side
+            pts = [(cx - half, cy - half), (cx + half, cy - half),
+                   (cx + half, cy + half), (cx - half, cy + half)]
+        cv2.fillPoly(mask, [np.round(np.array(pts)).astype(np.int32)], 1)
+    elif name == "triangle":
+        theta = float(rng.uniform(0, 2 * np.pi))
+        angles = theta + np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3]) + rng.uniform(-0.25, 0.25, 3)
+        pts = np.stack([cx + half * np.cos(angles), cy + half * np.sin(angles)], axis=1)
+        cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
+    else:  # pragma: no cover - CLASSES and this function are kept in step
+        raise ValueError(name)
+    if not mask.any():
+        mask[int(cy), int(cx)] = 1
+    return mask
+
+
+def _pick_colour(rng, under, np):
+    """A random colour that stands out from the mean of the pixels it will cover."""
+    ref = under.reshape(-1, 3).astype(np.float64).mean(axis=0)
+    colour = rng.integers(0, 256, size=3).astype(np.float64)
+    for _ in range(20):
+        if np.linalg.norm(colour - ref) >= _MIN_CONTRAST:
+            break
+        colour = rng.integers(0, 256, size=3).astype(np.float64)
+    return colour
+
+
+def _paint(rng, canvas, mask, colour, np):
+    """Fill ``mask`` with ``colour`` plus a mild linear gradient and texture noise."""
+    ys, xs = np.nonzero(mask)
+    g = rng.uniform(-0.4, 0.4, size=2)
+    grad = (xs - xs.mean()) * g[0] + (ys - ys.mean()) * g[1]
+    noise = rng.normal(0, rng.uniform(0, 10), size=(len(ys), 3))
+    vals = colour[None, :] + grad[:, None] + noise
+    canvas[ys, xs] = np.clip(vals, 0, 255).astype(np.uint8)
+
+
+def _noise_on_top(rng, canvas, np):
+    """Light sensor noise over the whole image after the objects are drawn."""
+    sigma = float(rng.uniform(0, 4))
+    noisy = canvas.astype(np.float64) + rng.normal(0, sigma, size=canvas.shape)
+    canvas[...] = np.clip(noisy, 0, 255).astype(np.uint8)

@@ -1,0 +1,1 @@
+"""Accuracy: COCO AP with pycocotools (and, later, alignment with the reference)."""

@@ -1,0 +1,1 @@
+"""Measurement: latency loops and statistics, GPU telemetry, provenance."""

@@ -1,0 +1,106 @@
+"""Provenance captured automatically for every run and cell.
+
+A latency or AP number is only comparable with another when the software,
+the hardware and the inputs are known: versions, GPU identity and clocks,
+the git sha of the harness, and content hashes of every file that fed it.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+PACKAGES = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-rtx-cu13-bindings",
+            "mmcv-lite", "mmcv", "mmengine", "mmdet", "mmyolo", "numpy", "opencv-python",
+            "pycocotools", "nvidia-modelopt", "onnxslim")
+
+
+def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (hex, first 16 chars are shown, all 64 stored)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_sha(repo: str | Path | None = None) -> str | None:
+    """The harness's own commit (with '-dirty' when the tree has changes)."""
+    repo = repo or Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=repo,
+                              capture_output=True, text=True, timeout=10)
+        sha = head.stdout.strip() if head.returncode == 0 else ""
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (sha + ("-dirty" if dirty else "")) if sha else None
+
+
+def host_environment() -> dict:
+    """What the orchestrating process can see without importing torch."""
+    return {"host": socket.gethostname(), "platform": platform.platform(),
+            "python": platform.python_version(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+            "packages": package_versions()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def device_environment(device: str) -> dict:
+    """torch/CUDA/GPU facts, gathered inside a cell's worker where torch is loaded."""
+    import torch
+
+    env = {"torch": torch.__version__, "torch_cuda": torch.version.cuda,
+           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+           "torch_threads": torch.get_num_threads(), "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        idx = torch.device(device).index or 0
+        props = torch.cuda.get_device_properties(idx)
+        env.update({"gpu_name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+                    "gpu_memory_gb": round(props.total_memory / 2**30, 1)})
+        env.update(_nvml_facts(idx))
+    return env
+
+
+def _nvml_facts(idx: int) -> dict:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(idx)
+        return {"gpu_uuid": pynvml.nvmlDeviceGetUUID(h),
+                "driver": pynvml.nvmlSystemGetDriverVersion(),
+                "cuda_driver": pynvml.nvmlSystemGetCudaDriverVersion_v2(),
+                "sm_clock_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
+                "mem_clock_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_MEM),
+                "power_limit_w": pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0,
+                "persistence_mode": pynvml.nvmlDeviceGetPersistenceMode(h)}
+    except Exception as exc:  # NVML missing or restricted: record why, keep going
+        return {"nvml_error": repr(exc)}

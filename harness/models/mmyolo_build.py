@@ -1,0 +1,120 @@
+"""Build an mmyolo detector from its config, as mmyolo itself would for testing.
+
+Every model, the shipped fixture included, goes through this one path:
+config file → (image-size override) → ``MODELS.build`` → checkpoint or seeded
+random weights → eval mode on the requested device.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+
+_SIZE_KEYS = ("scale", "img_scale")
+
+
+def prepare_mm() -> None:
+    """Make mmcv-lite usable (plain-torch ``mmcv._ext``) and register mmyolo's modules."""
+    from harness.compat import mmcv_ext
+
+    mmcv_ext.install()
+    from mmyolo.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    from mmengine.logging import MMLogger
+
+    MMLogger.get_current_instance().setLevel(logging.WARNING)  # init_weights logs every tensor
+
+
+def load_config(path: str | Path, imgsz: int | None = None):
+    """Read an mmyolo config; ``imgsz`` rewrites the test pipeline's target size.
+
+    The test pipeline is the one the config itself defines (keep-ratio resize +
+    letterbox for the YOLO families, resize + pad for YOLOX, fixed-shape resize
+    for PPYOLOE), so the reference sees exactly what mmyolo would.  Dataset-level
+    ``batch_shapes_cfg`` is disabled: detbench feeds fixed-size batches.
+    """
+    from mmengine.config import Config
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model config '{path}' does not exist: give an mmyolo config path "
+                        "or one of the names in `detbench models`")
+    try:
+        cfg = Config.fromfile(str(path))
+    except Exception as exc:  # mmengine raises many types for a broken config
+        raise UserError(f"model config '{path}' could not be read: {exc}") from exc
+    pipeline = copy.deepcopy(cfg.test_dataloader.dataset.pipeline)
+    if imgsz is not None:
+        pipeline = [_resize_step(step, imgsz) for step in pipeline]
+    cfg.detbench_test_pipeline = pipeline
+    backbone = cfg.model.get("backbone", {})
+    if backbone.get("init_cfg") is not None:
+        backbone["init_cfg"] = None  # rtmdet points at a download URL
+    return cfg
+
+
+def _resize_step(step: dict, imgsz: int) -> dict:
+    step = dict(step)
+    for key in _SIZE_KEYS:
+        if key in step:
+            step[key] = (imgsz, imgsz)
+    if "size" in step and step.get("size") is not None:
+        step["size"] = (imgsz, imgsz)
+    if "width" in step and "height" in step:
+        step["width"] = step["height"] = imgsz
+    return step
+
+
+def build_model(cfg, checkpoint: str, *, device: str = "cpu", trust_checkpoint: bool = False,
+                seed: int = 0):
+    """Build the detector in eval mode; ``checkpoint='random'`` keeps seeded init weights."""
+    import torch
+    from mmengine.model import revert_sync_batchnorm
+    from mmyolo.registry import MODELS as MM_MODELS
+
+    prepare_mm()
+    torch.manual_seed(seed)
+    model = MM_MODELS.build(copy.deepcopy(cfg.model))
+    model.init_weights()
+    model = revert_sync_batchnorm(model)
+    if checkpoint != "random":
+        load_weights(model, checkpoint, trust_checkpoint=trust_checkpoint)
+    return model.to(device).eval()
+
+
+def load_weights(model, checkpoint: str | Path, *, trust_checkpoint: bool = False) -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(weights_only=True)`` unless the user trusts it.
+
+    torch >= 2.6 defaults to ``weights_only=True``, which refuses mmengine's full
+    training checkpoints (they pickle message hubs and history buffers).  detbench
+    never unpickles arbitrary objects silently: such a checkpoint needs
+    ``trust_checkpoint: true`` in the matrix, or stripping to ``state_dict``.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' does not exist: give a path to a .pth file or "
+                        "`checkpoint: random`")
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=not trust_checkpoint)
+    except pickle.UnpicklingError as exc:
+        raise UserError(
+            f"checkpoint '{path}' holds pickled Python objects that torch.load(weights_only=True) "
+            "refuses; if you trust this file set `trust_checkpoint: true` for the model in the "
+            "matrix, or save only its state_dict") from exc
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise UserError(
+            f"checkpoint '{path}' does not fit its config: {len(result.missing_keys)} missing keys "
+            f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected "
+            f"(e.g. {result.unexpected_keys[:3]}); check that the config matches the checkpoint")
+    return ckpt.get("meta", {}) if isinstance(ckpt, dict) else {}

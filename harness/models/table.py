@@ -1,0 +1,33 @@
+"""The explicit table of mmyolo models detbench knows by name.
+
+A matrix may name one of these (``yolov8_n``) or give any mmyolo config path.
+Config paths are relative to mmyolo's packaged configs (``mmyolo/.mim/configs``),
+resolved without importing mmyolo so that planning stays cheap.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+MODELS: dict[str, str] = {
+    "yolov5_s": "yolov5/yolov5_s-v61_syncbn_fast_8xb16-300e_coco.py",
+    "yolov6_n": "yolov6/yolov6_n_syncbn_fast_8xb32-400e_coco.py",
+    "yolov7_tiny": "yolov7/yolov7_tiny_syncbn_fast_8x16b-300e_coco.py",
+    "yolov8_n": "yolov8/yolov8_n_syncbn_fast_8xb16-500e_coco.py",
+    "yolox_tiny": "yolox/yolox_tiny_fast_8xb8-300e_coco.py",
+    "ppyoloe_plus_s": "ppyoloe/ppyoloe_plus_s_fast_8xb8-80e_coco.py",
+    "rtmdet_tiny": "rtmdet/rtmdet_tiny_syncbn_fast_8xb32-300e_coco.py",
+}
+
+
+def packaged_config_root() -> Path | None:
+    spec = importlib.util.find_spec("mmyolo")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / ".mim" / "configs"
+
+
+def packaged_config(name: str) -> Path | None:
+    """Path of the packaged config for a table name, or None when mmyolo is absent."""
+    root = packaged_config_root()
+    return None if root is None else root / MODELS[name]

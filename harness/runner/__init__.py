@@ -1,0 +1,1 @@
+"""Running a matrix: one subprocess per cell (worker), orchestrated with timeouts and resume."""

@@ -1,0 +1,72 @@
+"""What a cell's worker knows: its settings, model config, dataset and cache."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from harness.data.coco import CocoDataset
+from harness.models.table import packaged_config
+
+
+@dataclass
+class CellContext:
+    cell: dict
+    work_dir: Path
+    cache_dir: Path
+    notes: list = field(default_factory=list)
+
+    @property
+    def model_spec(self) -> dict:
+        return self.cell["model_spec"]
+
+    @property
+    def config_path(self) -> Path:
+        spec = self.model_spec
+        return Path(spec["config"]) if spec.get("config") else packaged_config(spec["name"])
+
+    @cached_property
+    def cfg(self):
+        from harness.models.mmyolo_build import load_config, prepare_mm
+
+        prepare_mm()
+        return load_config(self.config_path, self.cell["imgsz"])
+
+    @cached_property
+    def dataset(self) -> CocoDataset:
+        ds = self.cell["dataset"]
+        return CocoDataset.load(ds["images"], ds["annotations"], ds.get("limit"))
+
+    def build_model(self, device: str):
+        from harness.models.mmyolo_build import build_model
+
+        spec = self.model_spec
+        return build_model(self.cfg, spec["checkpoint"], device=device,
+                           trust_checkpoint=spec.get("trust_checkpoint", False))
+
+    def preprocessor(self, device: str):
+        from harness.models.preprocess import Preprocessor
+
+        return Preprocessor(self.cfg, device)
+
+    def mm_test_cfg(self, base) -> "object":
+        """The model's test_cfg with the matrix's eval settings applied (None keeps the config's)."""
+        cfg = copy.deepcopy(base)
+        ev = self.cell["eval"]
+        if ev.get("score_thr") is not None:
+            cfg.score_thr = ev["score_thr"]
+        if ev.get("iou_thr") is not None:
+            cfg.nms.iou_threshold = ev["iou_thr"]
+        if ev.get("pre_topk") is not None:
+            cfg.nms_pre = ev["pre_topk"]
+        if ev.get("keep_topk") is not None:
+            cfg.max_per_img = ev["keep_topk"]
+        return cfg
+
+    def effective_eval(self) -> dict:
+        """The settings actually used, recorded with the cell so results are interpretable."""
+        cfg = self.mm_test_cfg(self.cfg.model.test_cfg)
+        return {"score_thr": cfg.get("score_thr"), "iou_thr": cfg.nms.iou_threshold,
+                "pre_topk": cfg.get("nms_pre", -1), "keep_topk": cfg.get("max_per_img"),
+                "multi_label": cfg.get("multi_label", False)}

@@ -1,0 +1,187 @@
+"""Run a matrix: each cell in its own subprocess with a timeout, results to the store.
+
+A crash, an out-of-memory kill or a hang fails only its cell, recorded with
+the stage the worker had reached and the tail of its log; the matrix goes on.
+The store holds every cell from the start (``pending``), so a killed run is
+resumed by running what is not finished, and nothing is ever recorded twice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from harness import __version__
+from harness import matrix as mx
+from harness.data.datasets import resolve_dataset
+from harness.measure import provenance
+
+LOG_TAIL_LINES = 60
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Outcome:
+    key: str
+    status: str
+    stage: Optional[str]
+    error: Optional[str]
+    duration_s: float
+
+
+def create_run(store, matrix_path: str | Path, cache_dir: Path) -> str:
+    """Validate the matrix, resolve its dataset, and record a run with all its cells pending."""
+    m, text = mx.load(matrix_path)
+    mx.check_files(m, str(matrix_path))
+    dataset = resolve_dataset(m.dataset, cache_dir, where=f"{matrix_path}: dataset")
+    cells = []
+    for position, cell in enumerate(mx.expand(m)):
+        cell["dataset"] = dataset
+        cells.append({"key": cell["key"], "position": position, "model": cell["model"],
+                      "backend": cell["backend"], "precision": cell["precision"],
+                      "batch": cell["batch"], "imgsz": cell["imgsz"], "device": cell["device"],
+                      "nms": cell["nms"], "params": cell,
+                      **({"status": "skipped", "error": cell["skip_reason"]}
+                         if cell["skip_reason"] else {})})
+    return store.create_run(
+        name=m.name, matrix_path=str(Path(matrix_path).resolve()), matrix_hash=mx.matrix_hash(m),
+        matrix_yaml=text, git_sha=provenance.git_sha(), detbench_version=__version__,
+        environment=provenance.host_environment(), cells=cells)
+
+
+def execute(store, run_id: str, cache_dir: Path, *, force: bool = False,
+            on_event: Callable[[str, dict], None] = lambda kind, data: None) -> list[Outcome]:
+    """Run every unfinished cell of a run (every cell with ``force``)."""
+    todo = store.cells_to_run(run_id, force=force)
+    on_event("start", {"total": len(todo)})
+    outcomes = []
+    try:
+        for cell in todo:
+            on_event("cell", {"key": cell.key, "stage": "starting"})
+            store.mark_running(cell.id)
+            outcome = run_one(store, run_id, cell, cache_dir,
+                              lambda stage, key=cell.key: on_event("cell", {"key": key, "stage": stage}))
+            outcomes.append(outcome)
+            on_event("done", {"outcome": outcome})
+    except KeyboardInterrupt:
+        store.finish_run(run_id, "interrupted")
+        raise
+    store.finish_run(run_id, "finished")
+    return outcomes
+
+
+def run_one(store, run_id: str, cell, cache_dir: Path, on_stage) -> Outcome:
+    params = dict(cell.params)
+    work_dir = cache_dir / "runs" / run_id / _safe(cell.key)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("result.json", "stage"):
+        (work_dir / stale).unlink(missing_ok=True)
+    params["cache_dir"] = str(cache_dir)
+    (work_dir / "cell.json").write_text(json.dumps(params))
+    started = time.time()
+    code, timed_out = _spawn(work_dir, float(params.get("timeout_s", 900)), on_stage)
+    result = _collect(work_dir, code, timed_out, params)
+    result.setdefault("duration_s", time.time() - started)
+    store.record_result(cell.id, **_store_fields(result))
+    return Outcome(cell.key, result["status"], result.get("stage"), result.get("error"),
+                   result["duration_s"])
+
+
+def _spawn(work_dir: Path, timeout_s: float, on_stage) -> tuple[int, bool]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    with open(work_dir / "log.txt", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "harness.runner.worker", str(work_dir)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + timeout_s
+        last_stage = None
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    _kill(proc)
+                    return proc.wait(), True
+                stage = _read(work_dir / "stage")
+                if stage and stage != last_stage:
+                    on_stage(stage)
+                    last_stage = stage
+                time.sleep(0.2)
+        except BaseException:
+            _kill(proc)
+            raise
+    return proc.returncode, False
+
+
+def _die_with_parent() -> None:
+    """Linux: the worker is killed if the orchestrator dies (SIGKILL leaves no orphans)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _collect(work_dir: Path, code: int, timed_out: bool, params: dict) -> dict:
+    stage = _read(work_dir / "stage") or "load"
+    tail = _tail(work_dir / "log.txt")
+    if timed_out:
+        return {"status": "failed", "stage": stage, "log_tail": tail,
+                "error": f"timed out after {params.get('timeout_s')} s in stage '{stage}' "
+                         "(raise `timeout_s` in the matrix if the cell is just slow)"}
+    result_file = work_dir / "result.json"
+    if code != 0 or not result_file.is_file():
+        how = f"killed by signal {-code} ({_signame(-code)})" if code < 0 else f"exited with code {code}"
+        return {"status": "failed", "stage": stage, "log_tail": tail,
+                "error": f"worker process {how} in stage '{stage}'"}
+    result = json.loads(result_file.read_text())
+    if result["status"] != "ok":
+        result["log_tail"] = tail
+    return result
+
+
+def _store_fields(r: dict) -> dict:
+    keys = ("status", "stage", "error", "log_tail", "duration_s", "metrics", "latency",
+            "latency_e2e", "telemetry", "provenance", "artifacts", "warnings", "samples",
+            "class_ap", "telemetry_samples")
+    return {k: r.get(k) for k in keys}
+
+
+def _signame(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return "unknown"
+
+
+def _read(path: Path) -> Optional[str]:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _safe(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)

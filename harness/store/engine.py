@@ -1,0 +1,115 @@
+"""Engines with the connection settings every store connection relies on.
+
+SQLite gets WAL (the dashboard reads while a run writes), foreign keys (off by
+default in SQLite, and the cascades depend on them) and a long busy timeout
+(runner and dashboard are separate processes contending for the write lock).
+A read-only engine opens the file with ``mode=ro`` so that no code path, ours
+or SQLAlchemy's, can create or change the database.
+"""
+import json
+import math
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import QueuePool
+
+from harness.errors import UserError
+
+BUSY_TIMEOUT_S = 30.0
+
+
+def parse_url(url: str) -> URL:
+    try:
+        return make_url(url)
+    except ArgumentError as exc:
+        hint = "expected e.g. sqlite:///results.db"
+        raise UserError(f"not a database URL: {url!r} ({hint})") from exc
+
+
+def sqlite_path(url: URL) -> Path | None:
+    """The file behind a SQLite URL; None for other backends and in-memory databases."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+def database_exists(url: str) -> bool:
+    """False only when we know there is nothing there, i.e. a missing SQLite file."""
+    path = sqlite_path(parse_url(url))
+    return path is None or path.exists()
+
+
+def open_engine(url: str, *, create: bool, readonly: bool) -> Engine:
+    """An engine for ``url``; refuses (UserError) to conjure a SQLite file unless ``create``."""
+    parsed = parse_url(url)
+    path = sqlite_path(parsed)
+    if path is not None and not path.exists():
+        if readonly or not create:
+            raise UserError(f"database {url} does not exist: run `detbench run` first to create it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, json_serializer=dumps)
+    if readonly and path is not None:
+        engine = create_engine("sqlite://", creator=_readonly_connector(path), poolclass=QueuePool,
+                               json_serializer=dumps)
+    else:
+        engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_S},
+                               json_serializer=dumps)
+    event.listen(engine, "connect", _pragma_hook(wal=path is not None and not readonly,
+                                                 readonly=readonly))
+    return engine
+
+
+def _readonly_connector(path: Path) -> Any:
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    return lambda: sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+
+
+def _pragma_hook(*, wal: bool, readonly: bool) -> Any:
+    pragmas = ["PRAGMA foreign_keys = ON"]
+    if wal:
+        pragmas.append("PRAGMA journal_mode = WAL")
+    if readonly:
+        pragmas.append("PRAGMA query_only = ON")
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        for pragma in pragmas:
+            cursor.execute(pragma)
+        cursor.close()
+
+    return on_connect
+
+
+def dumps(value: Any) -> str:
+    """JSON for JSON columns.
+
+    NaN/inf become null (they are not JSON, and browsers choke on them), numpy
+    scalars become numbers and paths strings; anything else unserialisable is a
+    bug and raises.
+    """
+    return json.dumps(_finite(value), default=_path_or_raise, allow_nan=False, ensure_ascii=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if hasattr(value, "item") and not isinstance(value, (str, int, float)):
+        value = value.item()  # numpy / torch scalars, without importing either
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _path_or_raise(value: Any) -> str:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable: {value!r}")
