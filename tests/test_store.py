@@ -131,7 +131,7 @@ def test_record_result_replaces_rows_and_fills_scalars(store):
         store.mark_running(cell.id)
         store.record_result(
             cell.id, status="ok", duration_s=12.5,
-            metrics={"ap": 0.42 + attempt, "ap50": 0.61}, warnings=["slow"],
+            metrics={"AP": 0.42 + attempt, "AP50": 0.61}, warnings=["slow"],
             latency={"median_ms": 3.0, "p99_ms": 4.5, "throughput_ips": 333.0, "std": float("nan")},
             samples={"model": [3.0, 3.1, 2.9], "e2e": [5.0, 5.2]},
             class_ap=[{"class_name": "circle", "ap": 0.5, "ap50": 0.7},
@@ -157,7 +157,7 @@ def test_history_oldest_first(store):
                 device="cuda:0")
     runs = [_run(store, n=1) for _ in range(2)]
     for ap, run_id in zip((0.3, 0.4), runs):
-        store.record_result(store.cells(run_id)[0].id, status="ok", metrics={"ap": ap})
+        store.record_result(store.cells(run_id)[0].id, status="ok", metrics={"AP": ap})
     history = store.history(**spec)
     assert [(h["run_id"], h["ap"]) for h in history] == [(runs[0], 0.3), (runs[1], 0.4)]
     assert store.history(**{**spec, "nms": "trt-efficient"}) == []

@@ -52,7 +52,7 @@ def _per_class(gt, ev) -> list[dict]:
     precision = ev.eval["precision"]  # [iou, recall, class, area, maxdets]
     rows = []
     for k, cat_id in enumerate(ev.params.catIds):
-        name = gt.loadCats(cat_id)[0]["name"]
+        name = gt.cats[cat_id]["name"]
         p_all = precision[:, :, k, 0, -1]
         p_50 = precision[0, :, k, 0, -1]
         rows.append({"class_name": name,

@@ -20,8 +20,8 @@ RESULT_FIELDS = ("stage", "error", "log_tail", "started_at", "finished_at", "dur
 #: scalar column -> (result dict it is copied from, keys tried in order).  The aliases
 #: accept mmdet's CocoMetric names as well as the harness's own short ones.
 SCALAR_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "ap": ("metrics", ("ap", "bbox_mAP", "coco/bbox_mAP")),
-    "ap50": ("metrics", ("ap50", "bbox_mAP_50", "coco/bbox_mAP_50")),
+    "ap": ("metrics", ("AP",)),
+    "ap50": ("metrics", ("AP50",)),
     "latency_median_ms": ("latency", ("median_ms", "p50_ms")),
     "latency_p99_ms": ("latency", ("p99_ms",)),
     "throughput_ips": ("latency", ("throughput_ips",)),
