@@ -16,6 +16,8 @@ NMS variants append a detection stage:
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -154,7 +156,8 @@ class _OnnxNMS(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, boxes, scores, max_per_class: int, iou_thr: float, score_thr: float):
-        return _reference_nms(boxes, scores, max_per_class, iou_thr, score_thr)
+        with _untraced():
+            return _reference_nms(boxes, scores, max_per_class, iou_thr, score_thr)
 
     @staticmethod
     def symbolic(g, boxes, scores, max_per_class, iou_thr, score_thr):
@@ -164,6 +167,26 @@ class _OnnxNMS(torch.autograd.Function):
         return g.op("NonMaxSuppression", boxes, scores, const(max_per_class, torch.int64),
                     const(iou_thr, torch.float32), const(score_thr, torch.float32),
                     center_point_box_i=0)
+
+
+@contextlib.contextmanager
+def _untraced():
+    """Run the eager reference without recording it.
+
+    The exporter replaces this Function by its symbolic anyway; recording the
+    reference's per-class Python loop would only cost minutes of tracing.
+    """
+    get_state = getattr(torch._C, "_get_tracing_state", None)
+    set_state = getattr(torch._C, "_set_tracing_state", None)
+    state = get_state() if get_state and set_state else None
+    if state is None:
+        yield
+        return
+    set_state(None)
+    try:
+        yield
+    finally:
+        set_state(state)
 
 
 def _reference_nms(boxes, scores, max_per_class: int, iou_thr: float, score_thr: float):
@@ -208,7 +231,8 @@ def _efficient_nms_stage(deploy: DeployModel, boxes, scores):
 def _batched_nms_stage(deploy: DeployModel, boxes, scores):
     top_k = min(deploy.pre_topk, int(boxes.shape[1]), BATCHED_NMS_MAX_TOPK)
     num, det_boxes, det_scores, det_classes = _BatchedNMS.apply(
-        boxes.unsqueeze(2), scores, deploy.iou_thr, deploy.score_thr, top_k, deploy.keep_topk)
+        boxes.unsqueeze(2), scores, deploy.iou_thr, deploy.score_thr, top_k, deploy.keep_topk,
+        int(scores.shape[-1]))
     return num, det_boxes, det_scores, det_classes.to(torch.int32)  # the plugin emits float classes
 
 
@@ -222,7 +246,8 @@ def _placeholders(boxes, keep: int, class_dtype):
 
 def _typed_outputs(outs, like, keep: int, dtypes):
     """Plugin outputs carry no ONNX schema: declare their types and shapes ourselves."""
-    batch = like.type().sizes()[0] if like.type().sizes() else None
+    sizes = like.type().varyingSizes()
+    batch = sizes[0] if sizes else None
     shapes = ([batch, 1], [batch, keep, 4], [batch, keep], [batch, keep])
     for out, dtype, shape in zip(outs, dtypes, shapes):
         out.setType(like.type().with_dtype(dtype).with_sizes(shape))
@@ -246,12 +271,12 @@ class _EfficientNMS(torch.autograd.Function):
 
 class _BatchedNMS(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, boxes, scores, iou_thr: float, score_thr: float, top_k: int, keep: int):
+    def forward(ctx, boxes, scores, iou_thr: float, score_thr: float, top_k: int, keep: int,
+                num_classes: int):
         return _placeholders(boxes, keep, torch.float32)
 
     @staticmethod
-    def symbolic(g, boxes, scores, iou_thr, score_thr, top_k, keep):
-        num_classes = scores.type().sizes()[-1]
+    def symbolic(g, boxes, scores, iou_thr, score_thr, top_k, keep, num_classes):
         outs = g.op(f"{TRT_PLUGIN_DOMAIN}::BatchedNMSDynamic_TRT", boxes, scores,
                     shareLocation_i=1, backgroundLabelId_i=-1, numClasses_i=int(num_classes),
                     topK_i=int(top_k), keepTopK_i=int(keep), scoreThreshold_f=float(score_thr),

@@ -53,7 +53,7 @@ def export_onnx(model, cfg, out_path, *, imgsz, nms: str = "none", opset: int = 
             torch.onnx.export(deploy, (dummy,), str(raw_path), dynamo=False, opset_version=opset,
                               input_names=["images"], output_names=list(names),
                               dynamic_axes=dynamic, do_constant_folding=True,
-                              custom_opsets={TRT_PLUGIN_DOMAIN: 1})
+                              custom_opsets=_custom_opsets(nms, TRT_PLUGIN_DOMAIN))
         proto = onnx.load(str(raw_path))
         onnx.checker.check_model(proto)
         proto, simplifier = _maybe_simplify(proto, simplify)
@@ -67,6 +67,10 @@ def export_onnx(model, cfg, out_path, *, imgsz, nms: str = "none", opset: int = 
         "exporter": {"tool": "torch.onnx.export(dynamo=False)", "torch": torch.__version__},
         "sha256": file_sha256(out_path),
     }
+
+
+def _custom_opsets(nms: str, domain: str) -> dict:
+    return {domain: 1} if nms in ("efficient_nms", "batched_nms") else {}
 
 
 def _nms_settings(cfg, pre_topk, keep_topk, iou_thr, score_thr) -> dict:

@@ -23,19 +23,20 @@ def measure(runner, pre, images: list, ids: list, cell: dict) -> dict:
 
     telemetry, tele_samples, warnings = None, [], []
     sampler = _sampler(device)
-    if sampler is not None:
-        with sampler:
+    with runner.timing_context():
+        if sampler is not None:
+            with sampler:
+                model_ms = time_calls(forward, plan, device)
+            telemetry = sampler.summary(images=batch * len(model_ms))
+            tele_samples = sampler.samples
+        else:
             model_ms = time_calls(forward, plan, device)
-        telemetry = sampler.summary(images=batch * len(model_ms))
-        tele_samples = sampler.samples
-    else:
-        model_ms = time_calls(forward, plan, device)
     model = summarize(model_ms, batch, t["cv_warn"])
     if model["unstable"]:
         warnings.append(f"model latency unstable: coefficient of variation {model['cv']:.1%} > "
                         f"{t['cv_warn']:.0%} (busy host, throttling or unlocked clocks)")
     out = {"latency": {**model, "timer": "cuda_event" if device.startswith("cuda") else "perf_counter_ns",
-                       "cuda_graph": forward is not None and getattr(forward, "graphed", False)},
+                       "cuda_graph": getattr(forward, "graphed", False)},
            "samples": {"model": model_ms}, "telemetry": telemetry,
            "telemetry_samples": tele_samples, "warnings": warnings}
     if t.get("e2e", True):
@@ -56,11 +57,13 @@ def _e2e_plan(plan: TimingPlan) -> TimingPlan:
 def _maybe_graph(runner, inputs, use_graph: bool):
     """Capture the forward into a CUDA graph when asked and supported; else call it directly."""
     if use_graph and hasattr(runner, "graphed_forward"):
-        fn = runner.graphed_forward(inputs)
-        if fn is not None:
-            fn.graphed = True
-            return fn
-    return lambda: runner.forward(inputs)
+        replay = runner.graphed_forward(inputs)
+        if replay is not None:
+            def graphed():
+                replay()
+            graphed.graphed = True
+            return graphed
+    return runner.bind_forward(inputs)
 
 
 def _sampler(device: str):

@@ -43,7 +43,13 @@ def package_versions() -> dict[str, str]:
 
 
 def git_sha(repo: str | Path | None = None) -> str | None:
-    """The harness's own commit (with '-dirty' when the tree has changes)."""
+    """The harness's own commit (with '-dirty' when the tree has changes).
+
+    A copy of the tree without ``.git`` (a CI artifact, a GPU box) can pass the
+    sha in ``DETBENCH_GIT_SHA``.
+    """
+    if os.environ.get("DETBENCH_GIT_SHA"):
+        return os.environ["DETBENCH_GIT_SHA"]
     repo = repo or Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=repo,

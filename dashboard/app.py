@@ -1,0 +1,51 @@
+"""detbench dashboard: ``detbench dashboard [--db URL] [--port N]``, or directly
+``streamlit run dashboard/app.py -- --db sqlite:///results.db``.
+
+Read-only on the results store, through ``harness.store.Store`` only.
+"""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # streamlit puts only dashboard/ on the path
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from dashboard import context  # noqa: E402
+
+PAGES = Path(__file__).parent / "pages"
+PAGE_SPECS = (("overview.py", "Overview", ":material/grid_view:"),
+              ("compare.py", "Compare", ":material/scatter_plot:"),
+              ("trends.py", "Trends", ":material/trending_up:"),
+              ("alignment.py", "Alignment", ":material/compare:"),
+              ("details.py", "Run details", ":material/info:"),
+              ("export.py", "Export", ":material/download:"))
+
+
+def welcome(problem: context.Unavailable) -> None:
+    st.title("detbench dashboard")
+    if problem.first_run:
+        st.info(f"**No benchmark results yet.** Run a matrix to fill the store, e.g.\n\n"
+                f"```bash\n{context.FIRST_RUN}\n```\n\nthen reload this page "
+                f"(start the dashboard with `--db URL` if your results live elsewhere).")
+    else:
+        st.warning("**The results store can't be read.**")
+    st.caption(f"store `{problem.url}` — {problem.reason}")
+
+
+def main() -> None:
+    st.set_page_config(page_title="detbench", page_icon=":material/speed:", layout="wide")
+    url = context.db_url()
+    opened = context.open_results(url)
+    if isinstance(opened, context.Unavailable):
+        st.navigation([st.Page(lambda: welcome(opened), title="Welcome", url_path="welcome",
+                               icon=":material/waving_hand:")], position="hidden").run()
+        return
+    context.sidebar(url, opened)
+    pages = [st.Page(PAGES / name, title=title, icon=icon, default=i == 0)
+             for i, (name, title, icon) in enumerate(PAGE_SPECS)]
+    st.navigation(pages, position="top").run()
+
+
+main()

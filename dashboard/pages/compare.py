@@ -1,0 +1,45 @@
+"""Compare: latency vs AP with the Pareto frontier, throughput vs batch, the classic table."""
+import streamlit as st
+
+from dashboard import charts, context, tables
+from dashboard.analysis import METRICS, pareto_front
+
+X_CHOICES = ["median_ms", "ms_per_image", "p99_ms", "e2e_median_ms"]
+Y_CHOICES = ["AP", "AP50", "AP75"]
+
+
+def main() -> None:
+    ctx = context.current()
+    context.header("Compare", ctx)
+    ok = ctx.frame[ctx.frame["status"] == "ok"]
+
+    st.subheader("Latency vs accuracy")
+    left, right = st.columns(2)
+    x = context.choice("Latency", X_CHOICES, "x", format_func=METRICS.get, container=left)
+    y = context.choice("Accuracy", Y_CHOICES, "y", format_func=METRICS.get, container=right)
+    front = pareto_front(ok, x, y)
+    st.plotly_chart(charts.pareto_scatter(ok, front, x, y), key="pareto")
+    st.caption("Colour: backend · precision; symbol: model. The dashed line is the Pareto frontier: "
+               "cells for which no other cell is both at least as fast and at least as accurate. "
+               "Compare cells of one batch size (sidebar) or use latency per image.")
+    if not front.empty:
+        with st.expander(f"frontier cells ({len(front)})"):
+            tables.show(tables.FRONTIER_COLUMNS[:6] + [y, x],
+                        tables.frame_rows(front, tables.FRONTIER_COLUMNS[:6] + [y, x]))
+
+    st.subheader("Throughput vs batch size")
+    st.plotly_chart(charts.throughput_lines(ok), key="throughput")
+
+    st.subheader("Classic table")
+    st.caption("AP and median model latency (ms per batch) of each ok cell, batch 1 and 4 × "
+               "fp32 / fp16 / int8; — where the cell is missing, failed or skipped.")
+    columns, rows = tables.classic_table(ctx)
+    if rows:
+        tables.show(columns, rows)
+        tables.download_buttons("classic", columns, rows, title=f"detbench {ctx.run.id}: classic table",
+                                stem=ctx.run.id)
+    else:
+        st.info("No cells with batch 1 or 4 and precision fp32, fp16 or int8 among those shown.")
+
+
+main()

@@ -1,0 +1,278 @@
+"""Static checks of an ONNX graph against a TensorRT flavour, before any build.
+
+A TensorRT build fails late and says little; these checks read the graph and
+name the node, the limit and the fix:
+
+* ``topk_k_exceeds_limit``: a TopK whose K (constant input, or the opset-1
+  attribute) is above ``flavour.topk_max`` (TensorRT's documented 3840; RTX 1.7.1
+  fails at build: "K exceeds the maximum value allowed (3840)");
+* ``plugin_missing``: a node that is not a standard ONNX op (TensorRT's parser
+  then looks it up as a plugin by op_type) and is not in ``flavour.plugins``
+  (EfficientNMS_TRT / BatchedNMSDynamic_TRT on TensorRT-RTX);
+* ``op_unsupported``: ops a flavour parses but cannot build (NonMaxSuppression on
+  TensorRT-RTX 1.7.1: "has no runners that implement it");
+* ``int8_needs_qdq`` / ``fp16_needs_fp16_graph``: a strongly typed flavour takes
+  precision from the graph only, so int8 needs Q/DQ nodes and fp16 fp16 tensors;
+* ``int8_needs_calibration``: TensorRT 10 int8 of a graph without Q/DQ needs a
+  calibrator;
+* ``fp32_graph_not_fp32``: fp32 requested from a graph that carries fp16 tensors
+  or Q/DQ nodes, which a strongly typed build keeps (the engine would not be fp32).
+
+K values computed at run time are not checked (left to the builder).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+NMS_PLUGINS = ("EfficientNMS_TRT", "BatchedNMSDynamic_TRT", "BatchedNMS_TRT")
+# Standard ops a flavour parses but has no builder implementation for (measured).
+UNBUILDABLE_OPS = {
+    "tensorrt_rtx": {
+        "NonMaxSuppression": "TensorRT-RTX 1.7.1 parses NonMaxSuppression but its builder has no "
+                             "implementation ('has no runners that implement it')",
+    },
+}
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+_STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a build would fail or produce something other than what was asked."""
+
+    code: str
+    message: str
+    fix: str
+    node: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.message} Fix: {self.fix}"
+
+
+@dataclass(frozen=True)
+class GraphFeatures:
+    """What a build needs to know about a graph (see ``graph_features``)."""
+
+    fp16_tensors: bool
+    qdq_nodes: int
+    plugin_ops: tuple[tuple[str, str, str], ...]   # (node name, op_type, domain)
+    topk: tuple[tuple[str, int | None], ...]       # (node name, constant K or None)
+    op_types: frozenset
+
+
+def check_graph(onnx_model_or_path, flavour, precision: str, *,
+                calibrator_available: bool = False) -> list[Problem]:
+    """Problems that would make ``build_engine(precision=...)`` fail or mislabel the engine.
+
+    ``onnx_model_or_path`` is an ``onnx.ModelProto`` or a path; ``flavour`` a
+    :class:`~harness.trt.flavour.TrtFlavour`.  An empty list means no known problem.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+    feats = graph_features(onnx_model_or_path)
+    label = flavour.label
+    problems: list[Problem] = []
+
+    limit = flavour.topk_max
+    for node, k in feats.topk:
+        if limit is not None and k is not None and k > limit:
+            problems.append(Problem(
+                "topk_k_exceeds_limit",
+                f"TopK node '{node}' has K={k}, above {label}'s TopK limit {limit} "
+                f"(the build fails: 'K exceeds the maximum value allowed ({limit})').",
+                f"export with pre_topk <= {limit} (eval.pre_topk) so that every TopK keeps at most "
+                f"{limit} candidates", node))
+
+    for node, op, domain in feats.plugin_ops:
+        if op in flavour.plugins:
+            continue
+        where = f" (domain '{domain}')" if domain else ""
+        have = ", ".join(sorted(flavour.plugins)) or "none"
+        if op in NMS_PLUGINS:
+            fix = ("export with nms='none' (decoded boxes; NMS on the host) or nms='onnx', or build "
+                   "with NVIDIA TensorRT 10/11, whose libnvinfer_plugin registers " + op)
+        else:
+            fix = f"build with a TensorRT whose plugin library registers {op}, or export without it"
+        problems.append(Problem(
+            "plugin_missing",
+            f"node '{node}' is plugin op {op}{where}, which {label}'s plugin registry lacks "
+            f"(registered: {have}); the ONNX parser fails with 'Plugin not found'.", fix, node))
+
+    for op, why in UNBUILDABLE_OPS.get(flavour.name, {}).items():
+        if op in feats.op_types:
+            problems.append(Problem(
+                "op_unsupported", f"the graph has {op}: {why}.",
+                "export with nms='none' (NMS on the host) for this flavour, or build with NVIDIA "
+                "TensorRT 10/11 (INMSLayer)", op))
+
+    if precision == "int8" and not feats.qdq_nodes:
+        if flavour.strongly_typed_only:
+            problems.append(Problem(
+                "int8_needs_qdq",
+                f"int8 was requested but the graph has no QuantizeLinear/DequantizeLinear nodes; "
+                f"{label} is strongly typed only (no INT8 builder flag, no calibrators), so the "
+                f"engine would stay fp32.",
+                "quantize the ONNX to explicit Q/DQ first (ModelOpt, or onnxruntime quantize_static "
+                "with QDQ, symmetric QInt8 activations and weights, per-channel)"))
+        elif not calibrator_available:
+            problems.append(Problem(
+                "int8_needs_calibration",
+                f"int8 was requested for a graph without Q/DQ nodes; {label} then needs an INT8 "
+                f"calibrator (implicit quantization), and none was given.",
+                "pass calibrator=make_calibrator(...) or quantize the ONNX to Q/DQ"))
+    if precision == "fp16" and flavour.strongly_typed_only and not feats.fp16_tensors:
+        problems.append(Problem(
+            "fp16_needs_fp16_graph",
+            f"fp16 was requested but the graph has no float16 tensors; {label} is strongly typed "
+            f"only (no FP16 builder flag), so the engine would be fp32.",
+            "convert the ONNX to fp16 first (ModelOpt AutoCast, keep_io_types=True) and build that"))
+    if precision == "fp32" and (feats.fp16_tensors or feats.qdq_nodes):
+        carried = "float16 tensors" if feats.fp16_tensors else f"{feats.qdq_nodes} Q/DQ nodes"
+        problems.append(Problem(
+            "fp32_graph_not_fp32",
+            f"fp32 was requested but the graph carries {carried}; a strongly typed build keeps "
+            f"them, so the engine would not be fp32.",
+            "build the fp32 ONNX for fp32, or request the precision the graph carries"))
+    return problems
+
+
+def clamp_pre_topk(requested: int, flavour, policy: str = "clamp") -> tuple[int, str | None]:
+    """Fit an NMS pre-top-k to the flavour's TopK limit.
+
+    ``flavour`` may be a TrtFlavour, an int limit, or None (TensorRT's documented
+    3840, for planning where no TensorRT is installed).  Returns ``(value,
+    warning)``: the warning is None when nothing changed.  ``policy='refuse'``
+    raises :class:`UserError` instead of clamping.
+    """
+    from harness.trt.flavour import DOCUMENTED_TOPK_MAX
+
+    if policy not in ("clamp", "refuse"):
+        raise UserError(f"unknown pre_topk policy '{policy}': choose clamp or refuse")
+    if isinstance(flavour, int):
+        limit, label = flavour, "TensorRT"
+    elif flavour is None:
+        limit, label = DOCUMENTED_TOPK_MAX, "TensorRT"
+    else:
+        limit, label = flavour.topk_max, flavour.label
+    requested = int(requested)
+    if requested < 1:
+        raise UserError(f"pre_topk must be >= 1, got {requested}")
+    if limit is None or requested <= limit:
+        return requested, None
+    if policy == "refuse":
+        raise UserError(f"pre_topk {requested} exceeds TensorRT's TopK limit {limit} ({label}); "
+                        f"set eval.pre_topk <= {limit} or policy clamp")
+    return limit, (f"pre_topk {requested} clamped to {limit}: TensorRT's TopK limit ({label}); "
+                   f"TensorRT results keep at most {limit} candidates per image before NMS")
+
+
+# --------------------------------------------------------------------------- graph reading
+
+def load_model(onnx_model_or_path) -> Any:
+    """An ``onnx.ModelProto`` (weights of external-data models are not loaded)."""
+    import onnx
+
+    if isinstance(onnx_model_or_path, onnx.ModelProto):
+        return onnx_model_or_path
+    path = Path(onnx_model_or_path)
+    if not path.is_file():
+        raise UserError(f"ONNX file not found: {path}")
+    return onnx.load(str(path), load_external_data=False)
+
+
+def graph_features(onnx_model_or_path) -> GraphFeatures:
+    """Precision markers, plugin ops and TopK constants of the main graph."""
+    import onnx
+    from onnx import TensorProto
+
+    model = load_model(onnx_model_or_path)
+    graph = model.graph
+    consts = _Constants(graph)
+    fp16 = TensorProto.FLOAT16
+
+    fp16_tensors = any(t.data_type == fp16 for t in graph.initializer)
+    for vi in (*graph.input, *graph.output, *graph.value_info):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type == fp16:
+            fp16_tensors = True
+    qdq = 0
+    plugins, topk, op_types = [], [], set()
+    for i, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        domain = node.domain or ""
+        op_types.add(node.op_type)
+        if node.op_type in _QDQ_OPS and domain in _STANDARD_DOMAINS:
+            qdq += 1
+        if not fp16_tensors and _makes_fp16(node, fp16):
+            fp16_tensors = True
+        if domain not in _STANDARD_DOMAINS or not onnx.defs.has(node.op_type, domain):
+            if domain not in ("ai.onnx.ml",):
+                plugins.append((name, node.op_type, domain))
+        if node.op_type == "TopK" and domain in _STANDARD_DOMAINS:
+            k = None
+            if len(node.input) > 1 and node.input[1]:
+                value = consts.value(node.input[1])
+                if value is not None and value.size == 1:
+                    k = int(value.reshape(-1)[0])
+            else:
+                k = next((int(a.i) for a in node.attribute if a.name == "k"), None)
+            topk.append((name, k))
+    return GraphFeatures(fp16_tensors, qdq, tuple(plugins), tuple(topk), frozenset(op_types))
+
+
+class _Constants:
+    """Resolve a tensor to a numpy constant through initializers, Constant nodes and
+    the small shape ops exporters put around TopK's K (Cast, Reshape, Unsqueeze, Min...)."""
+
+    _PASS = ("Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+
+    def __init__(self, graph):
+        from onnx import numpy_helper
+
+        self._np = numpy_helper
+        self._values = {t.name: t for t in graph.initializer}
+        self._producer = {out: node for node in graph.node for out in node.output}
+        self._cache: dict[str, Any] = {}
+
+    def value(self, name: str, depth: int = 0):
+        import numpy as np
+
+        if name in self._cache:
+            return self._cache[name]
+        result = None
+        if name in self._values:
+            result = self._np.to_array(self._values[name])
+        elif depth < 16 and name in self._producer:
+            node = self._producer[name]
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        result = self._np.to_array(attr.t)
+                    elif attr.name in ("value_int", "value_ints"):
+                        result = np.array(attr.i if attr.name == "value_int" else list(attr.ints))
+            else:
+                inputs = [self.value(i, depth + 1) if i else None for i in node.input]
+                if node.op_type in self._PASS and inputs and inputs[0] is not None:
+                    result = np.asarray(inputs[0]).reshape(-1)
+                elif node.op_type in ("Min", "Max") and inputs and all(v is not None for v in inputs):
+                    fn = np.minimum if node.op_type == "Min" else np.maximum
+                    result = functools.reduce(fn, inputs)
+                elif node.op_type == "Concat" and inputs and all(v is not None for v in inputs):
+                    result = np.concatenate([np.asarray(v).reshape(-1) for v in inputs])
+        self._cache[name] = result
+        return result
+
+
+def _makes_fp16(node, fp16: int) -> bool:
+    """A Cast to float16, or a Constant holding float16."""
+    for attr in node.attribute:
+        if node.op_type == "Cast" and attr.name == "to" and attr.i == fp16:
+            return True
+        if node.op_type == "Constant" and attr.name == "value" and attr.t.data_type == fp16:
+            return True
+    return False
