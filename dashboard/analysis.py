@@ -25,6 +25,10 @@ METRICS = {
     "e2e_median_ms": "end-to-end median (ms / batch)",
 }
 LOWER_IS_BETTER = {"median_ms", "p99_ms", "ms_per_image", "e2e_median_ms"}
+#: short, URL-friendly names of those columns, as the pages' pickers show them
+PICK = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "median ms": "median_ms", "p99 ms": "p99_ms",
+        "ms per image": "ms_per_image", "images/s": "throughput_ips",
+        "e2e median ms": "e2e_median_ms"}
 
 #: change-point rule (shown in the UI)
 CP_WINDOW, CP_Z, CP_MIN_HISTORY, CP_FLOOR = 5, 3.0, 3, 0.01

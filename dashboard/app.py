@@ -14,7 +14,7 @@ import streamlit as st  # noqa: E402
 
 from dashboard import context  # noqa: E402
 
-PAGES = Path(__file__).parent / "pages"
+PAGES = Path(__file__).parent / "views"  # not pages/: that name turns on Streamlit's legacy auto-pages
 PAGE_SPECS = (("overview.py", "Overview", ":material/grid_view:"),
               ("compare.py", "Compare", ":material/scatter_plot:"),
               ("trends.py", "Trends", ":material/trending_up:"),

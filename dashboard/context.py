@@ -134,12 +134,12 @@ def sidebar(url: str, store: Store) -> Context:
     by_id = {r.id: r for r in runs}
     bar = st.sidebar
     bar.markdown("### Filters")
+    # no format_func on URL-bound widgets: the URL holds the displayed option text
     run_id = bar.selectbox("Run", [LATEST, *by_id], key="run", bind="query-params",
-                           format_func=lambda rid: (f"latest ({runs[0].name} · {runs[0].id})"
-                                                    if rid == LATEST else run_label(by_id[rid])),
                            help="newest first. Every choice is kept in the URL, so a view can be "
-                                "shared; pick a run explicitly to pin it (else: the latest)")
+                                "shared; pick a run id to pin it (else: whichever is latest)")
     run = runs[0] if run_id == LATEST else by_id[run_id]
+    bar.caption(f"**{run.name}** · {run.created_at:%Y-%m-%d %H:%M} UTC · {run.status}")
     cells = load_cells(url, run.id)
     filters: dict[str, list] = {}
     for name in FILTERS:
@@ -168,7 +168,8 @@ def current() -> Context:
 def choice(label: str, options: list, key: str, *, multi: bool = False, container: Any = None,
            **kw: Any) -> Any:
     """A selectbox (or multiselect) bound to the query parameter ``key``; an invalid value
-    from an earlier view falls back to the default instead of raising."""
+    from an earlier view falls back to the default instead of raising.  Options should be
+    short strings: the URL holds them as shown (so no ``format_func``)."""
     where = container or st
     if key in st.session_state:
         value = st.session_state[key]

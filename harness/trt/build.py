@@ -35,7 +35,7 @@ _DTYPE_NAMES = {"FLOAT": "fp32", "HALF": "fp16", "BF16": "bf16", "INT8": "int8",
 class BuildError(UserError):
     """A TensorRT build that failed: ``stage``, a one-line ``message`` and the full ``log``.
 
-    Stages: check, parse, profile, config, build, calibrate, import.  It is a
+    Stages: import, check, builder, parse, profile, config, build, calibrate.  It is a
     UserError (one line in the CLI): the fix is in the graph, the settings or the
     installation, never in detbench's code; ``log`` keeps the details.
     """
@@ -79,7 +79,7 @@ def build_engine(onnx_path, *, flavour=None, precision: str = "fp32",
     cache at ``timing_cache_path`` is loaded when present and written back
     (atomically) after a successful build.
     """
-    from harness.trt.capability import PRECISIONS, check_graph, graph_features
+    from harness.trt.capability import PRECISIONS, check_graph, graph_features, load_model
     from harness.trt.flavour import detect, why_unavailable, strongly_typed_flags
     from harness.trt.logger import capture_logger
 
@@ -98,9 +98,10 @@ def build_engine(onnx_path, *, flavour=None, precision: str = "fp32",
     def fail(stage: str, message: str, problems=()):
         raise BuildError(stage, message, logger.text(), problems)
 
-    feats = graph_features(onnx_path)
+    model = load_model(onnx_path)  # graph only: external weights stay on disk
+    feats = graph_features(model)
     if check:
-        problems = check_graph(onnx_path, flavour, precision,
+        problems = check_graph(model, flavour, precision,
                                calibrator_available=calibrator is not None)
         if problems:
             for p in problems:
@@ -111,21 +112,13 @@ def build_engine(onnx_path, *, flavour=None, precision: str = "fp32",
              + ", ".join(f"{n} ({op})" for n, op, _ in feats.plugin_ops))
 
     # ---- typing and flags
-    carries_precision = feats.fp16_tensors or feats.qdq_nodes > 0
-    strong = flavour.strongly_typed_only or carries_precision or precision == "fp32"
-    flags: list[str] = []
-    if not strong:
-        flags.append("FP16" if precision == "fp16" else "INT8")
-        if precision == "int8" and calibrator is None:
-            fail("config", f"int8 of a graph without Q/DQ nodes on {flavour.label} needs a "
-                           f"calibrator (make_calibrator) or a Q/DQ ONNX")
-    if calibrator is not None and (strong or precision != "int8"):
-        if not flavour.has_calibrators:
-            fail("config", f"{flavour.label} has no INT8 calibrators (strongly typed only); "
-                           f"int8 comes from a Q/DQ ONNX")
-        notes.append("calibrator ignored: the build takes its precision from the graph "
-                     "(explicit quantization)")
-        calibrator = None
+    try:
+        strong, flags, use_calibrator, typing_notes = plan_typing(flavour, feats, precision,
+                                                                  calibrator)
+    except BuildError as exc:
+        fail(exc.stage, exc.message)
+    notes.extend(typing_notes)
+    calibrator = calibrator if use_calibrator else None
     logger.note(f"{flavour.label}: precision={precision} typing={'strong' if strong else 'weak'} "
                 f"flags={flags or 'none'}")
 
@@ -171,6 +164,8 @@ def build_engine(onnx_path, *, flavour=None, precision: str = "fp32",
         fail("calibrate", f"the calibrator failed: {calibrator.error}")
     if serialized is None:
         errors = logger.errors_since(mark) or ["no error message from TensorRT"]
+        # a GPU-less RTX build also logs CUDA-driver errors: name the real cause first
+        errors.sort(key=lambda e: "CUDA driver version is insufficient" in e)
         fail("build", " | ".join(_short(e) for e in errors[:3]))
     engine_bytes = bytes(memoryview(serialized))
     if tc_state is not None:
@@ -181,12 +176,37 @@ def build_engine(onnx_path, *, flavour=None, precision: str = "fp32",
     return BuildResult(engine_bytes=engine_bytes, build_time_s=build_time, log=logger.text(),
                        engine_size=len(engine_bytes), layer_precisions=layer_precisions,
                        flavour=flavour.label, precision=precision,
-                       typing="strong" if strong else "weak", flags=tuple(flags),
+                       typing="strong" if strong else "weak", flags=flags,
                        profile=tuple(profile) if profile else None, profile_shapes=profile_shapes,
                        timing_cache=tc_state, warnings=notes)
 
 
 # --------------------------------------------------------------------------- helpers
+
+def plan_typing(flavour, feats, precision: str, calibrator=None):
+    """(strongly_typed, builder flag names, use the calibrator?, notes) for one build.
+
+    Strong typing wherever the flavour has nothing else, the graph carries its
+    precision (fp16 tensors, Q/DQ nodes) or fp32 is asked for; TensorRT 10 weak
+    typing (FP16 / INT8 flag) only for fp16/int8 of a plain fp32 graph.
+    """
+    carries_precision = feats.fp16_tensors or feats.qdq_nodes > 0
+    strong = flavour.strongly_typed_only or carries_precision or precision == "fp32"
+    flags: list[str] = []
+    notes: list[str] = []
+    if not strong:
+        flags.append("FP16" if precision == "fp16" else "INT8")
+        if precision == "int8" and calibrator is None:
+            raise BuildError("config", f"int8 of a graph without Q/DQ nodes on {flavour.label} "
+                                       f"needs a calibrator (make_calibrator) or a Q/DQ ONNX")
+    use_calibrator = calibrator is not None and not strong and precision == "int8"
+    if calibrator is not None and not use_calibrator:
+        if not flavour.has_calibrators:
+            raise BuildError("config", f"{flavour.label} has no INT8 calibrators (strongly typed "
+                                       f"only); int8 comes from a Q/DQ ONNX")
+        notes.append("calibrator ignored: the build takes its precision from the graph")
+    return strong, tuple(flags), use_calibrator, notes
+
 
 def _check_profile(profile) -> None:
     if profile is None:

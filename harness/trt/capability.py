@@ -210,9 +210,10 @@ def graph_features(onnx_model_or_path) -> GraphFeatures:
             qdq += 1
         if not fp16_tensors and _makes_fp16(node, fp16):
             fp16_tensors = True
-        if domain not in _STANDARD_DOMAINS or not onnx.defs.has(node.op_type, domain):
-            if domain not in ("ai.onnx.ml",):
-                plugins.append((name, node.op_type, domain))
+        standard = domain in _STANDARD_DOMAINS and onnx.defs.has(node.op_type, "")
+        if not standard and domain != "ai.onnx.ml":
+            # TensorRT's parser looks any other op up as a plugin, by op_type
+            plugins.append((name, node.op_type, domain))
         if node.op_type == "TopK" and domain in _STANDARD_DOMAINS:
             k = None
             if len(node.input) > 1 and node.input[1]:

@@ -2,9 +2,9 @@
 import streamlit as st
 
 from dashboard import charts, context, tables
-from dashboard.analysis import METRICS, pareto_front
+from dashboard.analysis import PICK, pareto_front
 
-X_CHOICES = ["median_ms", "ms_per_image", "p99_ms", "e2e_median_ms"]
+X_CHOICES = ["median ms", "ms per image", "p99 ms", "e2e median ms"]
 Y_CHOICES = ["AP", "AP50", "AP75"]
 
 
@@ -15,8 +15,8 @@ def main() -> None:
 
     st.subheader("Latency vs accuracy")
     left, right = st.columns(2)
-    x = context.choice("Latency", X_CHOICES, "x", format_func=METRICS.get, container=left)
-    y = context.choice("Accuracy", Y_CHOICES, "y", format_func=METRICS.get, container=right)
+    x = PICK[context.choice("Latency (model time)", X_CHOICES, "x", container=left)]
+    y = PICK[context.choice("Accuracy", Y_CHOICES, "y", container=right)]
     front = pareto_front(ok, x, y)
     st.plotly_chart(charts.pareto_scatter(ok, front, x, y), key="pareto")
     st.caption("Colour: backend · precision; symbol: model. The dashed line is the Pareto frontier: "

@@ -3,9 +3,9 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, context
-from dashboard.analysis import CP_RULE, IDENTITY, METRICS, cell_values, change_points
+from dashboard.analysis import CP_RULE, IDENTITY, PICK, cell_values, change_points
 
-TREND_METRICS = ["AP", "AP50", "median_ms", "p99_ms", "throughput_ips", "e2e_median_ms"]
+TREND_METRICS = ["AP", "AP50", "median ms", "p99 ms", "images/s", "e2e median ms"]
 
 
 def main() -> None:
@@ -18,9 +18,9 @@ def main() -> None:
     by_key = {c.key: c for c in ctx.selected}
     key = context.choice("Cell", keys, "cell", help="cells of the chosen run; the same cell "
                          "(model, backend, precision, batch, size, device, NMS) is followed across runs")
-    metrics = context.choice("Metrics", TREND_METRICS, "metrics", multi=True,
-                             format_func=METRICS.get, placeholder="AP and median latency")
-    metrics = metrics or ["AP", "median_ms"]
+    picked = context.choice("Metrics", TREND_METRICS, "metrics", multi=True,
+                            placeholder="AP and median ms")
+    metrics = [PICK[m] for m in picked or ["AP", "median ms"]]
     cell = by_key[key]
     history = context.load_history(ctx.url, tuple(getattr(cell, k) for k in IDENTITY))
     if not history:
