@@ -82,7 +82,9 @@ def pareto_front(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     """Rows not dominated for lower ``x`` and higher ``y`` (rows lacking either are ignored),
     sorted by ``x``.  Equal points both stay; a point with the same ``x`` and a lower ``y``,
     or the same ``y`` and a higher ``x``, is dominated."""
-    data = frame[[_finite(a) and _finite(b) for a, b in zip(frame[x], frame[y])]]
+    mask = pd.Series([_finite(a) and _finite(b) for a, b in zip(frame[x], frame[y])],
+                     index=frame.index, dtype=bool)
+    data = frame.loc[mask]
     ordered = data.sort_values([x, y], ascending=[True, False], kind="stable")
     keep, best, last = [], -math.inf, None
     for idx, (xv, yv) in zip(ordered.index, zip(ordered[x], ordered[y])):

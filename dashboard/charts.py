@@ -114,7 +114,8 @@ def throughput_lines(frame: pd.DataFrame) -> go.Figure:
 
 
 def trend_chart(hist: pd.DataFrame, metric: str) -> go.Figure:
-    """``hist`` has run_created_at, run_label, value, lower, upper, center, change."""
+    """``hist`` has run (x-axis label, oldest first), run_label (hover), value, lower, upper,
+    center, change.  Runs are evenly spaced categories: runs of one night are seconds apart."""
     label = METRICS.get(metric, metric)
     data = hist.dropna(subset=["value"])
     if data.empty:
@@ -122,22 +123,23 @@ def trend_chart(hist: pd.DataFrame, metric: str) -> go.Figure:
     fig = go.Figure()
     band = data.dropna(subset=["lower", "upper"])
     if not band.empty:
-        fig.add_trace(go.Scatter(x=band["run_created_at"], y=band["upper"], mode="lines",
+        fig.add_trace(go.Scatter(x=band["run"], y=band["upper"], mode="lines",
                                  line=dict(width=0), showlegend=False, hoverinfo="skip"))
-        fig.add_trace(go.Scatter(x=band["run_created_at"], y=band["lower"], mode="lines",
+        fig.add_trace(go.Scatter(x=band["run"], y=band["lower"], mode="lines",
                                  line=dict(width=0), fill="tonexty", fillcolor="rgba(9,105,218,0.12)",
                                  name="median ± 3·MAD of previous runs", hoverinfo="skip"))
-    fig.add_trace(go.Scatter(x=data["run_created_at"], y=data["value"], mode="lines+markers",
+    fig.add_trace(go.Scatter(x=data["run"], y=data["value"], mode="lines+markers",
                              name=metric, line=dict(color="#0969da"), text=data["run_label"],
                              hovertemplate="%{text}<br>%{y:.4g}<extra></extra>"))
     changed = data[data["change"]]
     if not changed.empty:
-        fig.add_trace(go.Scatter(x=changed["run_created_at"], y=changed["value"], mode="markers",
+        fig.add_trace(go.Scatter(x=changed["run"], y=changed["value"], mode="markers",
                                  name="change point", text=changed["run_label"],
                                  marker=dict(symbol="x", size=14, color="#cf222e"),
                                  hovertemplate="change: %{text}<br>%{y:.4g}<extra></extra>"))
-    fig.update_layout(title=label, height=340, margin=_MARGIN, xaxis_title="run created",
-                      yaxis_title=label, legend=dict(orientation="h", y=-0.25))
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=list(hist["run"]))
+    fig.update_layout(title=label, height=340, margin=_MARGIN, xaxis_title="run (created UTC · id)",
+                      yaxis_title=label, legend=dict(orientation="h", y=-0.3))
     return fig
 
 

@@ -34,7 +34,7 @@ def failures_table(ctx: Context) -> Table:
     return list(report.FAILURE_COLUMNS), report.failure_rows(ctx.selected)
 
 
-def frontier_table(ctx: Context, x: str = "median_ms", y: str = "AP") -> Table:
+def frontier_table(ctx: Context, x: str = "ms_per_image", y: str = "AP") -> Table:
     front = pareto_front(ctx.frame[ctx.frame["status"] == "ok"], x, y)
     return FRONTIER_COLUMNS, frame_rows(front, FRONTIER_COLUMNS)
 
@@ -43,7 +43,7 @@ def frontier_table(ctx: Context, x: str = "median_ms", y: str = "AP") -> Table:
 TABLES: dict[str, tuple[str, Callable[[Context], Table]]] = {
     "cells": ("Cells of the run (summary)", cells_table),
     "classic": ("Classic table: batch 1 and 4 × fp32/fp16/int8", classic_table),
-    "frontier": ("Pareto frontier (median latency vs AP)", frontier_table),
+    "frontier": ("Pareto frontier (latency per image vs AP)", frontier_table),
     "failures": ("Failed and skipped cells", failures_table),
     "runs": ("All runs", runs_table),
 }
@@ -59,8 +59,18 @@ def frame_rows(frame: pd.DataFrame, columns: list[str]) -> list[dict]:
 
 
 def show(columns: list[str], rows: list[dict], *, height: int | str = "auto") -> None:
-    """A table as an interactive dataframe (empty tables still show their columns)."""
-    st.dataframe(pd.DataFrame(rows, columns=columns), hide_index=True, height=height)
+    """A table as an interactive dataframe (empty tables still show their columns): numeric
+    columns as numbers (AP with 4 decimals, others 2), missing values as —."""
+    frame = pd.DataFrame(rows, columns=columns)
+    config = {}
+    for col in columns:
+        values = [v for v in frame[col] if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            if any(isinstance(v, float) for v in values) or not values:
+                frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
+                config[col] = st.column_config.NumberColumn(
+                    format="%.4f" if report._is_ap(col) else "%.2f")
+    st.dataframe(frame, hide_index=True, height=height, placeholder="—", column_config=config)
 
 
 def download_buttons(name: str, columns: list[str], rows: list[dict], *, title: str,

@@ -40,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("show", "every cell of a run with its metrics")
     sp.add_argument("run_id")
     sp.add_argument("--json", action="store_true")
-    sp = cmd("export", "a run's cells as CSV, Markdown or JSON")
+    sp = cmd("export", "a run's cells as CSV, Markdown, HTML or JSON")
     sp.add_argument("run_id")
-    sp.add_argument("--format", choices=("csv", "md", "json"), default="csv")
+    sp.add_argument("--format", choices=("csv", "md", "html", "json"), default="csv")
     sp.add_argument("-o", "--output")
     sp = cmd("synth", "generate a synthetic COCO-format dataset")
     sp.add_argument("--out", required=True)
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--size", type=int, default=320)
     sp.add_argument("--max-objects", type=int, default=6)
     cmd("models", "the model names detbench knows")
+    sp = cmd("dashboard", "the results dashboard (Streamlit, read-only) on http://127.0.0.1:PORT")
+    sp.add_argument("--port", type=int, default=8501)
     sp = cmd("db", "store maintenance")
     sp.add_argument("action", choices=("upgrade", "status"))
     return p
@@ -152,6 +154,7 @@ def cmd_export(args) -> int:
     cells = store.cells(run.id)
     rows = [report.cell_row(c) for c in cells]
     text = {"csv": lambda: report.to_csv(rows), "md": lambda: report.to_markdown(rows),
+            "html": lambda: report.to_html(rows, title=f"detbench run {run.id} ({run.name})"),
             "json": lambda: report.to_json(run, cells)}[args.format]()
     if args.output:
         Path(args.output).write_text(text)
@@ -189,8 +192,15 @@ def cmd_db(args) -> int:
     return EXIT_OK
 
 
+def cmd_dashboard(args) -> int:
+    from harness.dashboard_cli import launch
+
+    return launch(args.db, args.port)
+
+
 COMMANDS = {"plan": cmd_plan, "run": cmd_run, "list": cmd_list, "show": cmd_show,
-            "export": cmd_export, "synth": cmd_synth, "models": cmd_models, "db": cmd_db}
+            "export": cmd_export, "synth": cmd_synth, "models": cmd_models, "db": cmd_db,
+            "dashboard": cmd_dashboard}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from harness.errors import UserError
@@ -24,7 +26,8 @@ def command(db: str, port: int) -> list[str]:
     """The ``streamlit run`` command line for ``launch``."""
     return [sys.executable, "-m", "streamlit", "run", str(APP),
             "--server.address", HOST, "--server.port", str(port), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false",
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
+            "--server.fileWatcherType", "none",
             "--", "--db", db]
 
 
@@ -44,16 +47,36 @@ def launch(db: str, port: int = DEFAULT_PORT) -> int:
 
 
 def _call(cmd: list[str], env: dict[str, str]) -> int:
+    """Run streamlit in the foreground; SIGTERM/SIGHUP to us stop it too (no orphaned server).
+
+    Ctrl-C reaches streamlit directly (same process group), which shuts down cleanly.
+    """
     proc = subprocess.Popen(cmd, env=env)
+    stopped = []
+
+    def forward(signum, _frame):
+        stopped.append(signum)
+        proc.send_signal(signal.SIGINT)  # streamlit's clean shutdown
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None:
+                previous[sig] = signal.signal(sig, forward)
     try:
-        return proc.wait()
-    except KeyboardInterrupt:  # Ctrl-C reaches streamlit too; let it shut down cleanly
-        try:
-            proc.wait(timeout=10)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):
-            proc.terminate()
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:
+                stopped.append(signal.SIGINT)
+        return 0 if stopped else code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:  # only if waiting itself failed
+            proc.kill()
             proc.wait()
-        return 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,8 +4,11 @@ Random weights, 128 px, batch 2 of random images with different aspect
 ratios (so the letterbox pads).  Each family is built and exported once per
 module (module-scoped, parametrised fixture) to keep the run short.
 
-fp32 tolerances, ONNX Runtime vs torch: boxes 1e-3 px, scores 1e-5.  Torch vs
-mmyolo's own tensors: exact, since the same ops run on the same values.
+fp32 tolerances, ONNX Runtime vs torch: boxes 1e-2 px + 1e-4 relative (boxes
+reach ~500 px and ORT's conv kernels round differently; the largest seen is
+0.022 px on a 400 px YOLOv7 box), scores 1e-5 absolute.  Torch vs mmyolo's
+own tensors: exact, since the same ops run on the same values.  NMS outputs
+are compared on a shared decode, so only NMS itself can differ.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ pytestmark = pytest.mark.skipif(
 FAMILIES = ["yolov5_s", "yolov6_n", "yolov7_tiny", "yolov8_n", "yolox_tiny", "ppyoloe_plus_s",
             "rtmdet_tiny"]
 IMGSZ = 128
-BOX_ATOL, SCORE_ATOL = 1e-3, 1e-5
+BOX_ATOL, BOX_RTOL, SCORE_ATOL = 1e-2, 1e-4, 1e-5
 KEEP_TOPK = 100
 
 
@@ -39,6 +42,7 @@ class Family:
     metas: list
     boxes: object  # DeployModel(nms='none') in torch
     scores: object
+    nms_thr: float = 0.0  # score threshold of the exported ONNX NMS graph
     onnx: dict = field(default_factory=dict)  # nms kind -> export metadata
     sessions: dict = field(default_factory=dict)
 
@@ -81,10 +85,13 @@ def family(request, tmp_path_factory) -> Family:
     fam = Family(name, cfg, model, prep.inputs, prep.metas, boxes, scores)
     out = tmp_path_factory.mktemp(name)
     fam.onnx["none"] = export_onnx(model, cfg, out / "none.onnx", imgsz=IMGSZ)
-    # score_thr 0 and pre_topk >= priors: with random weights every score is tiny,
-    # and this makes the ONNX NMS comparable to an unrestricted host NMS.
+    # Untrained scores sit near the class prior, so the config's score_thr would keep
+    # everything or nothing.  The 99th percentile keeps a few hundred (prior, class)
+    # pairs per image, as a trained model would, and pre_topk >= priors leaves the
+    # ONNX NMS comparable to an unrestricted host NMS.
+    fam.nms_thr = float(torch.quantile(scores.flatten(1), 0.99, dim=1).min())
     fam.onnx["onnx"] = export_onnx(model, cfg, out / "onnx.onnx", imgsz=IMGSZ, nms="onnx",
-                                   pre_topk=100000, keep_topk=KEEP_TOPK, score_thr=0.0)
+                                   pre_topk=100000, keep_topk=KEEP_TOPK, score_thr=fam.nms_thr)
     yield fam
     fam.sessions.clear()
 
@@ -172,15 +179,23 @@ def test_decode_equals_mmyolo_predict_by_feat(family, monkeypatch):
 
 def test_onnx_decode_equals_torch(family):
     boxes, scores = family.run("none")
-    np.testing.assert_allclose(boxes, family.boxes.numpy(), rtol=0, atol=BOX_ATOL)
+    _assert_boxes_close(boxes, family.boxes.numpy())
     np.testing.assert_allclose(scores, family.scores.numpy(), rtol=0, atol=SCORE_ATOL)
     one_boxes, one_scores = family.run("none", family.inputs[1:])  # dynamic batch
-    np.testing.assert_allclose(one_boxes[0], boxes[1], rtol=0, atol=BOX_ATOL)
+    _assert_boxes_close(one_boxes[0], boxes[1])
     np.testing.assert_allclose(one_scores[0], scores[1], rtol=0, atol=SCORE_ATOL)
 
 
+def _assert_boxes_close(got, ref):
+    np.testing.assert_allclose(got, ref, rtol=BOX_RTOL, atol=BOX_ATOL)
+
+
 def test_onnx_nms_graph_equals_torch_reference(family):
-    """ORT's NonMaxSuppression and the Function's torch forward agree."""
+    """ORT's NonMaxSuppression graph and the Function's torch forward keep the same boxes.
+
+    Both start from ORT's decode (the ``none`` graph), so the comparison is
+    about NMS and the padding/gather glue, not about fp32 noise in the network.
+    """
     import torch
 
     from harness.export.deploy import DeployModel
@@ -188,35 +203,63 @@ def test_onnx_nms_graph_equals_torch_reference(family):
     meta = family.onnx["onnx"]
     deploy = DeployModel(family.model, nms="onnx", pre_topk=meta["pre_topk"],
                          keep_topk=meta["keep_topk"], iou_thr=meta["iou_thr"],
-                         score_thr=meta["score_thr"]).eval()
-    with torch.no_grad():
-        ref = [t.numpy() for t in deploy(family.inputs)]
+                         score_thr=meta["score_thr"])
+    boxes, scores = (torch.from_numpy(a) for a in family.run("none"))
+    ref = [t.numpy() for t in deploy.postprocess(boxes, scores)]
     got = family.run("onnx")
     assert [g.dtype for g in got] == [np.int32, np.float32, np.float32, np.int32]
+    assert [g.shape for g in got] == [(2, 1), (2, KEEP_TOPK, 4), (2, KEEP_TOPK), (2, KEEP_TOPK)]
     np.testing.assert_array_equal(got[0], ref[0])
     for i in range(len(got[0])):
-        _assert_same_detections((got[1][i], got[2][i], got[3][i]), (ref[1][i], ref[2][i], ref[3][i]),
-                                int(got[0][i, 0]))
+        _assert_same_detections([g[i] for g in got[1:]], [r[i] for r in ref[1:]], int(got[0][i, 0]))
+    alone = family.run("onnx", family.inputs[1:])  # dynamic batch through the padding glue
+    assert int(alone[0][0, 0]) == int(got[0][1, 0])
+    _assert_same_detections([a[0] for a in alone[1:]], [g[1] for g in got[1:]], int(got[0][1, 0]),
+                            box_atol=BOX_ATOL, box_rtol=BOX_RTOL, score_atol=SCORE_ATOL)
+
+
+def test_onnx_nms_graph_with_nothing_above_threshold(tmp_path):
+    """No box passes: NonMaxSuppression returns zero rows and the outputs are all padding."""
+    import onnxruntime as ort
+    import torch
+
+    from harness.export.onnx_export import export_onnx
+    from harness.models.mmyolo_build import build_model, load_config, prepare_mm
+    from harness.models.table import packaged_config
+
+    prepare_mm()
+    cfg = load_config(packaged_config("yolov8_n"), IMGSZ)
+    meta = export_onnx(build_model(cfg, "random"), cfg, tmp_path / "m.onnx", imgsz=IMGSZ,
+                       nms="onnx", keep_topk=7, score_thr=0.999, simplify=False)
+    sess = ort.InferenceSession(meta["path"], providers=["CPUExecutionProvider"])
+    num, boxes, scores, labels = sess.run(None, {"images": torch.zeros(3, 3, IMGSZ, IMGSZ).numpy()})
+    assert num.tolist() == [[0]] * 3 and (labels == -1).all()
+    assert boxes.shape == (3, 7, 4) and not boxes.any() and not scores.any()
 
 
 # ----------------------------------------------------------------------- (c) host NMS
 
-@pytest.mark.parametrize("setting", ["config", "busy"])
+@pytest.mark.parametrize("setting", ["config", "busy", "empty"])
 def test_host_postprocess_equals_mmyolo_predict(family, setting):
     """Decoded tensors + host NMS == mmyolo's predict_by_feat, rescaled to original pixels.
 
-    "config" is the model's own test_cfg (random weights may give few boxes);
-    "busy" lowers score_thr to the 99.5th percentile of each image's scores and nms_pre
-    below the survivors so thresholding, top-k, NMS and rescale all do work.
+    "config" is the model's own test_cfg with nms_pre capped at 1000 (untrained
+    scores all pass its score_thr, and NMS over every pair costs minutes on the
+    plain-torch mmcv stand-in); "busy" lowers score_thr to the 99.5th percentile
+    of each image's scores and nms_pre below the survivors, so thresholding,
+    top-k, NMS and rescale all do work; "empty" keeps nothing.
     """
     import torch
 
     from harness.export.host_nms import host_postprocess
 
-    cfg = _mm_cfg(family)
-    if setting == "busy":
+    if setting == "config":
+        cfg = _mm_cfg(family, nms_pre=1000)
+    elif setting == "busy":
         thr = float(torch.quantile(family.scores.flatten(1), 0.995, dim=1).min())
         cfg = _mm_cfg(family, score_thr=thr, nms_pre=200)
+    else:
+        cfg = _mm_cfg(family, score_thr=1.0)
     with torch.no_grad():
         expected = family.model.bbox_head.predict_by_feat(
             *_raw(family), batch_img_metas=family.metas, cfg=cfg, rescale=True)
@@ -226,46 +269,56 @@ def test_host_postprocess_equals_mmyolo_predict(family, setting):
         torch.testing.assert_close(labels.long(), exp.labels.long(), rtol=0, atol=0)
         torch.testing.assert_close(scores, exp.scores, rtol=0, atol=1e-7)
         torch.testing.assert_close(boxes, exp.bboxes, rtol=0, atol=1e-4)
+    counts = [len(r.bboxes) for r in expected]
     if setting == "busy":
-        assert all(len(r.bboxes) > 0 for r in expected)
+        assert all(counts)
+    elif setting == "empty":
+        assert not any(counts)
 
 
 # ----------------------------------------------------------------------- (d) ORT NMS vs host
 
 def test_onnx_nms_graph_equals_host_nms(family):
-    """With score_thr 0 and no pre-top-k, ONNX NMS must keep what mmcv's batched_nms keeps.
+    """With no pre-top-k, ONNX NMS must keep what mmcv's batched_nms keeps.
 
     Per-class NMS with keep_topk per class, then the best keep_topk overall,
     selects the same set as NMS over all (prior, class) pairs cut at keep_topk.
-    Compared in input pixels (no rescale), on the torch decode.
+    Compared in input pixels (no rescale), both on ORT's decode.
     """
     from harness.export.host_nms import host_postprocess
 
     meta = family.onnx["onnx"]
-    cfg = dict(multi_label=True, score_thr=0.0, nms_pre=10**9, max_per_img=meta["keep_topk"],
+    cfg = dict(multi_label=True, score_thr=family.nms_thr, nms_pre=10**9,
+               max_per_img=meta["keep_topk"],
                nms=dict(type="nms", iou_threshold=meta["iou_thr"]))
-    host = host_postprocess(family.boxes, family.scores, family.metas, cfg, rescale=False)
+    decoded_boxes, decoded_scores = family.run("none")  # the NMS graph's own decode
+    host = host_postprocess(decoded_boxes, decoded_scores, family.metas, cfg, rescale=False)
     num, boxes, scores, labels = family.run("onnx")
     for i, (h_boxes, h_scores, h_labels) in enumerate(host):
-        assert int(num[i, 0]) == len(h_boxes) == KEEP_TOPK
+        assert int(num[i, 0]) == len(h_boxes) > 0
         _assert_same_detections((boxes[i], scores[i], labels[i]),
-                                (h_boxes.numpy(), h_scores.numpy(), h_labels.numpy()), KEEP_TOPK)
+                                (h_boxes.numpy(), h_scores.numpy(), h_labels.numpy()), len(h_boxes))
+        pad = slice(len(h_boxes), None)  # padding rows: label -1, score 0, box 0
+        assert (labels[i, pad] == -1).all() and not scores[i, pad].any() and not boxes[i, pad].any()
 
 
-def _assert_same_detections(got, ref, count: int, top: int = 50):
-    """Same scores overall; the ``top`` best match one to one by label and box.
+def _assert_same_detections(got, ref, count: int, *, box_atol: float = 1e-4,
+                            box_rtol: float = 0.0, score_atol: float = 1e-7):
+    """The first ``count`` detections match one to one: label, box and score.
 
-    Beyond the best few, near-equal random-weight scores may swap places
-    between two float implementations, which is not a detection difference.
+    Order may differ among equal scores, so each reference detection is looked
+    up rather than compared position by position.  The default tolerances are
+    for NMS run on one shared decode (only gathers between them).
     """
     g_boxes, g_scores, g_labels = (np.asarray(a)[:count] for a in got)
     r_boxes, r_scores, r_labels = (np.asarray(a)[:count] for a in ref)
-    np.testing.assert_allclose(np.sort(g_scores), np.sort(r_scores), rtol=0, atol=SCORE_ATOL)
-    order = np.argsort(-r_scores, kind="stable")[:top]
-    for j in order:
-        hit = ((g_labels == r_labels[j]) & (np.abs(g_boxes - r_boxes[j]).max(axis=1) <= BOX_ATOL)
-               & (np.abs(g_scores - r_scores[j]) <= SCORE_ATOL))
+    np.testing.assert_allclose(np.sort(g_scores), np.sort(r_scores), rtol=0, atol=score_atol)
+    unused = np.ones(count, dtype=bool)
+    for j in np.argsort(-r_scores, kind="stable"):
+        hit = (unused & (g_labels == r_labels[j]) & (np.abs(g_scores - r_scores[j]) <= score_atol)
+               & (np.abs(g_boxes - r_boxes[j]) <= box_atol + box_rtol * np.abs(r_boxes[j])).all(1))
         assert hit.any(), f"detection {r_labels[j]} {r_boxes[j]} {r_scores[j]} missing"
+        unused[np.argmax(hit)] = False
 
 
 # ----------------------------------------------------------------------- (e) TensorRT plugins
@@ -310,8 +363,8 @@ def test_trt_plugin_graph(family, kind, tmp_path):
     elem = [o.type.tensor_type.elem_type for o in proto.graph.output]
     assert elem == [onnx.TensorProto.INT32, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT,
                     onnx.TensorProto.INT32]
-    if family.name == "yolov8_n":
-        assert meta["simplifier"]["tool"] == "onnxslim"
+    if family.name == "yolov8_n" and has_module("onnxslim"):
+        assert meta["simplifier"]["tool"] == "onnxslim" and meta["simplify_skipped"] is None
 
 
 def _shape_of(proto, name: str):
@@ -340,7 +393,8 @@ def test_export_metadata(family):
                                {"name": "scores", "shape": ["batch", a, 80]}]
     assert meta["exporter"] == {"tool": "torch.onnx.export(dynamo=False)",
                                 "torch": torch.__version__}
-    assert meta["simplifier"] is None or "version" in meta["simplifier"]
+    if has_module("onnxslim"):
+        assert meta["simplifier"]["tool"] == "onnxslim" and meta["simplify_skipped"] is None
     props = {p.key: p.value for p in onnx.load(meta["path"]).metadata_props}
     assert props["detbench.nms"] == "none"
 
@@ -375,6 +429,25 @@ def test_export_cached_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         export_cached(tmp_path, {"config": "x"}, broken)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_key_hashes_config_and_options():
+    from harness.export.onnx_export import config_sha256, export_key
+    from harness.models.table import packaged_config
+
+    path = packaged_config("yolov8_n")
+    key = export_key(path, "random", imgsz=128, nms="none")
+    assert key == {"config": config_sha256(path), "checkpoint": "random",
+                   "options": {"imgsz": 128, "nms": "none"}}
+    assert config_sha256(packaged_config("yolov8_n")) != config_sha256(packaged_config("rtmdet_tiny"))
+
+
+def test_old_opset_is_a_user_error(tmp_path):
+    from harness.errors import UserError
+    from harness.export.onnx_export import export_onnx
+
+    with pytest.raises(UserError, match="opset 10"):
+        export_onnx(None, None, tmp_path / "m.onnx", imgsz=IMGSZ, opset=10)
 
 
 def test_unknown_nms_is_a_user_error():

@@ -4,7 +4,7 @@ import streamlit as st
 from dashboard import charts, context, tables
 from dashboard.analysis import PICK, pareto_front
 
-X_CHOICES = ["median ms", "ms per image", "p99 ms", "e2e median ms"]
+X_CHOICES = ["ms per image", "median ms", "p99 ms", "e2e median ms"]
 Y_CHOICES = ["AP", "AP50", "AP75"]
 
 
@@ -21,7 +21,8 @@ def main() -> None:
     st.plotly_chart(charts.pareto_scatter(ok, front, x, y), key="pareto")
     st.caption("Colour: backend · precision; symbol: model. The dashed line is the Pareto frontier: "
                "cells for which no other cell is both at least as fast and at least as accurate. "
-               "Compare cells of one batch size (sidebar) or use latency per image.")
+               "Latency per image (median ÷ batch) compares batch sizes fairly; per-batch latencies "
+               "compare best within one batch size (sidebar filter).")
     if not front.empty:
         with st.expander(f"frontier cells ({len(front)})"):
             tables.show(tables.FRONTIER_COLUMNS[:6] + [y, x],

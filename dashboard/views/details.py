@@ -36,19 +36,20 @@ def main() -> None:
         st.code(cell.error, language=None)
     for warning in cell.warnings or []:
         st.warning(warning)
-    summary = pd.DataFrame({"model": cell.latency or {}, "e2e": cell.latency_e2e or {}})
+    summary = pd.DataFrame({"model": _readable(cell.latency), "e2e": _readable(cell.latency_e2e)})
     left, right = st.columns(2)
     with left:
         st.markdown("**latency summary** (ms / batch)")
         if summary.empty:
             st.caption("no latency measured")
         else:
-            st.dataframe(summary.astype(str), height=300)
+            st.dataframe(summary.fillna("—"), height=300)
     with right:
         st.markdown("**accuracy**")
         metrics = {k: v for k, v in (cell.metrics or {}).items() if not isinstance(v, (dict, list))}
         if metrics:
-            st.dataframe(pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())}),
+            st.dataframe(pd.DataFrame({"metric": list(metrics),
+                                       "value": [_num(v) for v in metrics.values()]}),
                          hide_index=True, height=300)
         else:
             st.caption("no accuracy measured")
@@ -68,7 +69,8 @@ def main() -> None:
     else:
         st.info("No NVML telemetry for this cell (CPU cells have none; GPU cells need nvidia-ml-py).")
     if cell.telemetry:
-        st.json(cell.telemetry, expanded=False)
+        with st.expander("telemetry summary"):
+            st.json(cell.telemetry)
 
     st.subheader("Raw latency samples")
     series = {k: v for k, v in context.load_samples(ctx.url, cell.id).items() if v}
@@ -80,6 +82,16 @@ def main() -> None:
     if class_ap:
         st.subheader("Per-class AP")
         st.plotly_chart(charts.class_ap_bars(class_ap), key="class-ap")
+
+
+def _num(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+    return "—" if value is None else str(value)
+
+
+def _readable(summary: dict | None) -> dict:
+    return {k: _num(v) for k, v in (summary or {}).items()}
 
 
 main()

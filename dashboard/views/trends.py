@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, context
+from dashboard import charts, context, tables
 from dashboard.analysis import CP_RULE, IDENTITY, PICK, cell_values, change_points
 
 TREND_METRICS = ["AP", "AP50", "median ms", "p99 ms", "images/s", "e2e median ms"]
@@ -27,6 +27,7 @@ def main() -> None:
         st.info("This cell has no finished attempt in any run yet.")
         return
     base = pd.DataFrame({
+        "run": [f"{h['run_created_at']:%Y-%m-%d %H:%M} · {h['run_id'][-4:]}" for h in history],
         "run_created_at": [h["run_created_at"] for h in history],
         "run_label": [f"{h['run_name']} {h['run_id']} ({(h['git_sha'] or '')[:8] or 'no git'})"
                       for h in history],
@@ -45,8 +46,8 @@ def main() -> None:
     if marked:
         st.warning("Change points: " + "; ".join(
             f"{m} = {v:.4g} in {label} (previous median {c:.4g})" for m, label, v, c in marked))
-    table = base.assign(**{m: [v[m] for v in values] for m in metrics})
-    st.dataframe(table, hide_index=True)
+    table = base.drop(columns=["run_created_at"]).assign(**{m: [v[m] for v in values] for m in metrics})
+    tables.show(list(table.columns), tables.frame_rows(table, list(table.columns)))
 
 
 main()

@@ -68,7 +68,10 @@ class DeployModel(nn.Module):
         return self.model.bbox_head
 
     def forward(self, images):
-        boxes, scores = self.decode(self.head(self.model.extract_feat(images)))
+        return self.postprocess(*self.decode(self.head(self.model.extract_feat(images))))
+
+    def postprocess(self, boxes, scores):
+        """The NMS stage alone, so it can be checked on another backend's decode."""
         if self.nms == "none":
             return boxes, scores
         return _NMS_STAGES[self.nms](self, boxes, scores)

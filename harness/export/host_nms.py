@@ -18,7 +18,10 @@ def host_postprocess(boxes, scores, metas, test_cfg, *, rescale: bool = True) ->
     """Per image ``(boxes (K, 4), scores (K,), labels (K,))`` torch tensors.
 
     ``boxes``/``scores`` are (N, A, 4) / (N, A, C) in input pixels (torch or
-    numpy); with ``rescale`` the boxes come back in original-image pixels.
+    numpy); with ``rescale`` the boxes come back in original-image pixels,
+    clamped to the image.  Without it they stay in input pixels, unclamped
+    (mmyolo would clamp input-space boxes to the *original* size, which only
+    makes sense after rescaling).
     """
     import torch
 
@@ -79,3 +82,12 @@ def _nms(boxes, scores, labels, cfg: dict):
     # yolox_style keeps every NMS survivor instead of cutting at max_per_img
     limit = len(keep) if cfg.get("yolox_style", False) else cfg["max_per_img"]
     return boxes[keep][:limit], dets[:, -1][:limit], labels[keep][:limit]
+
+
+def rescale_to_original(boxes, meta: dict):
+    """Input-pixel boxes (an in-graph NMS's output) → original-image pixels, clamped like mmyolo."""
+    boxes = _to_original(boxes, meta)
+    height, width = meta["ori_shape"][:2]
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    return boxes

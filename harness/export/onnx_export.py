@@ -18,6 +18,7 @@ from typing import Callable
 from harness.errors import UserError
 
 EXPORT_FORMAT_VERSION = 1  # bump when the meaning of an exported graph changes
+MIN_OPSET = 11
 _CODE_FILES = ("deploy.py", "onnx_export.py")
 
 
@@ -37,6 +38,9 @@ def export_onnx(model, cfg, out_path, *, imgsz, nms: str = "none", opset: int = 
 
     from harness.export.deploy import OUTPUT_NAMES, TRT_PLUGIN_DOMAIN, DeployModel
 
+    if opset < MIN_OPSET:
+        raise UserError(f"ONNX opset {opset} is too old: detbench exports need opset >= {MIN_OPSET} "
+                        "(NonMaxSuppression, TopK with a tensor k)")
     settings = _nms_settings(cfg, pre_topk, keep_topk, iou_thr, score_thr)
     deploy = DeployModel(model, nms=nms, **settings).eval()
     height, width = _hw(imgsz)
@@ -49,21 +53,24 @@ def export_onnx(model, cfg, out_path, *, imgsz, nms: str = "none", opset: int = 
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
         raw_path = Path(tmp) / "raw.onnx"
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about fixed sizes are intended
+            # Fixed spatial sizes are intended, and the legacy exporter is chosen on purpose.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export",
+                                    category=DeprecationWarning)
             torch.onnx.export(deploy, (dummy,), str(raw_path), dynamo=False, opset_version=opset,
                               input_names=["images"], output_names=list(names),
                               dynamic_axes=dynamic, do_constant_folding=True,
                               custom_opsets=_custom_opsets(nms, TRT_PLUGIN_DOMAIN))
         proto = onnx.load(str(raw_path))
         onnx.checker.check_model(proto)
-        proto, simplifier = _maybe_simplify(proto, simplify)
+        proto, simplifier, skipped = _maybe_simplify(proto, simplify)
         _stamp(proto, nms, settings, height, width)
         _atomic_write(out_path, proto.SerializeToString())
     return {
         "path": str(out_path), "nms": nms, "imgsz": [height, width], "opset": opset,
         **settings, "dynamic_batch": dynamic_batch,
         "inputs": _io(proto.graph.input), "outputs": _io(proto.graph.output),
-        "simplifier": simplifier,
+        "simplifier": simplifier, "simplify_skipped": skipped,
         "exporter": {"tool": "torch.onnx.export(dynamo=False)", "torch": torch.__version__},
         "sha256": file_sha256(out_path),
     }
@@ -96,14 +103,15 @@ def _maybe_simplify(proto, simplify: bool):
 
     The plugin graphs are the fragile case: a simplifier cannot infer shapes
     through ops it does not know, so its result is only kept if it still holds
-    every non-standard node and passes the checker.
+    every non-standard node and passes the checker.  Returns the graph, the
+    simplifier used (None if none) and why slimming was dropped (None if not).
     """
     if not simplify:
-        return proto, None
+        return proto, None, None
     try:
         import onnxslim
     except ImportError:
-        return proto, None
+        return proto, None, "onnxslim is not installed"
     import onnx
 
     custom = sorted(n.op_type for n in proto.graph.node if n.domain not in ("", "ai.onnx"))
@@ -111,13 +119,11 @@ def _maybe_simplify(proto, simplify: bool):
         slim = onnxslim.slim(proto)
         onnx.checker.check_model(slim)
     except Exception as exc:  # onnxslim raises many types; keep the sound graph
-        return proto, {"tool": "onnxslim", "version": onnxslim.__version__,
-                       "skipped": f"{type(exc).__name__}: {exc}"[:300]}
+        return proto, None, f"onnxslim {onnxslim.__version__}: {type(exc).__name__}: {exc}"[:300]
     kept = sorted(n.op_type for n in slim.graph.node if n.domain not in ("", "ai.onnx"))
     if kept != custom:
-        return proto, {"tool": "onnxslim", "version": onnxslim.__version__,
-                       "skipped": "simplifier altered the plugin nodes"}
-    return slim, {"tool": "onnxslim", "version": onnxslim.__version__}
+        return proto, None, f"onnxslim {onnxslim.__version__} altered the plugin nodes"
+    return slim, {"tool": "onnxslim", "version": onnxslim.__version__}, None
 
 
 def _stamp(proto, nms: str, settings: dict, height: int, width: int) -> None:

@@ -16,6 +16,11 @@ class CellContext:
     work_dir: Path
     cache_dir: Path
     notes: list = field(default_factory=list)
+    stages: object = None  # the worker's stage tracker: runners report export/build through it
+
+    def stage(self, name: str) -> None:
+        if self.stages is not None:
+            self.stages.enter(name)
 
     @property
     def model_spec(self) -> dict:
@@ -70,3 +75,28 @@ class CellContext:
         return {"score_thr": cfg.get("score_thr"), "iou_thr": cfg.nms.iou_threshold,
                 "pre_topk": cfg.get("nms_pre", -1), "keep_topk": cfg.get("max_per_img"),
                 "multi_label": cfg.get("multi_label", False)}
+
+    def calibration_set(self):
+        """The cell's calibration data, preprocessed exactly like its inference inputs."""
+        from harness.calibration.data import build_calibration_set, calibration_images
+
+        files, source = calibration_images(self.cell, self.cache_dir)
+        return build_calibration_set(files, self.preprocessor("cpu"), 8, source)
+
+    def same_scales_warning(self, info: dict) -> list[str]:
+        """Warn when a histogram method chose exactly the min/max scales (a silent no-op)."""
+        if info["calibration_method"] == "minmax":
+            return []
+        folder = Path(info["calibration_cache"]).parent
+        from harness.calibration.qdq import scales_hash
+
+        for other in folder.glob("*.calib.json"):
+            if other.name == Path(info["calibration_cache"]).name:
+                continue
+            try:
+                if "CalibrationMethod.MinMax" in other.read_text()[-400:] and scales_hash(other) == info["scales_sha256"]:
+                    return [f"calibration method {info['calibration_method']} produced the same scales "
+                            "as minmax: the method had no effect"]
+            except (OSError, ValueError):
+                continue
+        return []

@@ -130,8 +130,8 @@ def main(argv: list[str]) -> int:
     cell = json.loads((work_dir / "cell.json").read_text())
     global _CURRENT_KEY
     _CURRENT_KEY = cell["key"]
-    ctx = CellContext(cell, work_dir, Path(cell["cache_dir"]))
     stages = Stages(work_dir)
+    ctx = CellContext(cell, work_dir, Path(cell["cache_dir"]), stages=stages)
     started = time.time()
     try:
         result = run_cell(ctx, stages)

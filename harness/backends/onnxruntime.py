@@ -1,0 +1,145 @@
+"""ONNX Runtime: CPU always, CUDA and TensorRT execution providers when present.
+
+The graph is detbench's own export (decode, optionally in-graph NMS); fp16 is a
+converted graph with fp32 I/O, int8 a calibrated Q/DQ graph (TensorRT-style
+symmetric settings, so the same file would serve TensorRT 11).  On CUDA the
+session runs on torch's current stream through I/O binding, so CUDA events
+recorded around ``forward`` bracket exactly ONNX Runtime's GPU work.
+"""
+from __future__ import annotations
+
+from harness.backends.base import Detections, Runner, SkipCell
+
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+class OnnxRuntimeRunner(Runner):
+    def load(self) -> None:
+        import onnxruntime as ort
+
+        device = self.cell["device"]
+        self.kind = device.split(":")[0]
+        if self.kind == "cuda":
+            _preload_cuda(ort)
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise SkipCell("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu); "
+                               f"available: {ort.get_available_providers()}")
+        model_cpu = self.ctx.build_model("cpu")
+        self.ctx.stage("export")
+        from harness.export.loader import export_for_cell
+
+        onnx_path, facts = export_for_cell(self.ctx, model_cpu)
+        self.test_cfg = self.ctx.mm_test_cfg(model_cpu.bbox_head.test_cfg)
+        del model_cpu
+        self.ctx.stage("build")
+        onnx_path, precision_facts = self._precision_graph(onnx_path)
+        self.session = ort.InferenceSession(str(onnx_path), self._session_options(ort),
+                                            providers=self._providers())
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.info.facts.update({**facts, **precision_facts, "onnxruntime": ort.__version__,
+                                "providers": self.session.get_providers(),
+                                "provider_options": _jsonable(self.session.get_provider_options()),
+                                "model_file": str(onnx_path)})
+        self.info.artifacts["onnx"] = str(onnx_path)
+
+    def _precision_graph(self, onnx_path):
+        precision = self.cell["precision"]
+        if precision == "fp16":
+            from harness.export.fp16 import to_fp16
+
+            return to_fp16(onnx_path, self.ctx.cache_dir)
+        if precision == "int8":
+            from harness.calibration.qdq import quantize_qdq
+
+            calib = self.ctx.calibration_set()
+            c = self.cell["calibration"]
+            path, info = quantize_qdq(onnx_path, calib, c["method"], c["percentile"], self.ctx.cache_dir)
+            self.info.warnings.extend(self.ctx.same_scales_warning(info))
+            return path, info
+        return onnx_path, {}
+
+    def _session_options(self, ort):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        return opts
+
+    def _providers(self):
+        if self.kind != "cuda":
+            return ["CPUExecutionProvider"]
+        import torch
+
+        self.device_index = torch.device(self.cell["device"]).index or 0
+        torch.cuda.set_device(self.device_index)
+        self.stream = torch.cuda.current_stream()
+        return [("CUDAExecutionProvider", {"device_id": self.device_index,
+                                           "user_compute_stream": str(self.stream.cuda_stream)}),
+                "CPUExecutionProvider"]
+
+    def forward(self, inputs):
+        if self.kind == "cuda":
+            return self.bind_forward(inputs)()
+        return self.session.run(self.output_names, {"images": inputs.cpu().numpy()})
+
+    def bind_forward(self, inputs):
+        if self.kind != "cuda":
+            x = inputs.cpu().numpy()
+            return lambda: self.session.run(self.output_names, {"images": x})
+        import numpy as np
+
+        x = inputs.to(f"cuda:{self.device_index}", dtype=inputs.dtype).contiguous()
+        binding = self.session.io_binding()
+        binding.bind_input("images", "cuda", self.device_index, np.float32, list(x.shape), x.data_ptr())
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", self.device_index)
+
+        def run():
+            self.session.run_with_iobinding(binding)
+            return binding
+
+        run.keepalive = x  # the bound buffer must outlive the binding
+        return run
+
+    def postprocess(self, raw, metas):
+        outputs = raw.copy_outputs_to_cpu() if hasattr(raw, "copy_outputs_to_cpu") else raw
+        if self.cell["nms"] == "none":
+            from harness.export.host_nms import host_postprocess
+
+            boxes, scores = outputs
+            return [Detections(b.numpy(), s.numpy(), l.numpy())
+                    for b, s, l in host_postprocess(boxes, scores, metas, self.test_cfg)]
+        return _decode_nms_outputs(outputs, metas)
+
+    def close(self) -> None:
+        self.session = None
+
+
+def _decode_nms_outputs(outputs, metas):
+    """(num_dets, boxes, scores, labels) in input pixels → detections in original pixels."""
+    import torch
+
+    from harness.export.host_nms import rescale_to_original
+
+    num, boxes, scores, labels = (torch.as_tensor(o) for o in outputs)
+    dets = []
+    for i, meta in enumerate(metas):
+        n = int(num[i].reshape(-1)[0])
+        b = rescale_to_original(boxes[i, :n].float(), meta)
+        dets.append(Detections(b.numpy(), scores[i, :n].float().numpy(), labels[i, :n].long().numpy()))
+    return dets
+
+
+def _preload_cuda(ort) -> None:
+    """onnxruntime-gpu finds CUDA/cuDNN from the pip nvidia-* wheels only after preload_dlls()."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception:  # a missing library shows up as a missing provider below
+            pass
+
+
+def _jsonable(obj):
+    import json
+
+    return json.loads(json.dumps(obj, default=str))

@@ -1,0 +1,103 @@
+"""int8 by explicit Q/DQ: one calibrated ONNX serves ONNX Runtime and TensorRT 11.
+
+Settings are the ones TensorRT accepts (symmetric int8 activations and
+weights, per-channel weights, no quantized bias, Q/DQ only around Conv
+inputs): ONNX Runtime's defaults (uint8 asymmetric activations, int32 bias)
+are rejected by TensorRT's parser.  The tensor ranges are computed here with
+the calibrator options each method really needs — ``quantize_static`` alone
+runs entropy with 128 bins, which yields exactly the min/max scales — and kept
+as a calibration cache reused across runs and hashed into provenance.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from harness.measure.provenance import file_hash
+
+SETTINGS = {"quant_format": "QDQ", "activation_type": "QInt8", "weight_type": "QInt8",
+            "per_channel": True, "op_types_to_quantize": ["Conv"],
+            "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True,
+                              "QuantizeBias": False,
+                              "OpTypesToExcludeOutputQuantization": ["Conv"]}}
+HIST_OPTIONS = {"num_bins": 2048, "num_quantized_bins": 128, "symmetric": True}
+
+
+def quantize_qdq(fp32_onnx: Path, calib, method: str, percentile: float, cache_dir: Path) -> tuple[Path, dict]:
+    """The Q/DQ int8 model for (ONNX, calibration data, method), built once and cached."""
+    import onnxruntime
+
+    opts = {"method": method, **({"percentile": percentile} if method == "percentile" else {})}
+    key = hashlib.sha256(json.dumps([file_hash(fp32_onnx), calib.sha256, opts, SETTINGS,
+                                     onnxruntime.__version__]).encode()).hexdigest()[:20]
+    folder = Path(cache_dir) / "int8"
+    folder.mkdir(parents=True, exist_ok=True)
+    out, ranges = folder / f"{key}.qdq.onnx", folder / f"{key}.calib.json"
+    if not ranges.is_file():
+        _write_ranges(fp32_onnx, calib, method, percentile, ranges)
+    if not out.is_file():
+        _quantize(fp32_onnx, method, ranges, out)
+    info = {"calibration_method": method, **opts, "calibration_images": calib.images,
+            "calibration_source": calib.source, "calibration_data_sha256": calib.sha256,
+            "calibration_cache": str(ranges), "calibration_cache_sha256": file_hash(ranges),
+            "scales_sha256": scales_hash(ranges), "qdq_onnx_sha256": file_hash(out),
+            "quantizer": f"onnxruntime.quantization {onnxruntime.__version__}", "settings": SETTINGS}
+    return out, info
+
+
+def scales_hash(ranges_path: Path) -> str:
+    """Hash of the tensor ranges alone: equal hashes mean two methods chose identical scales."""
+    data = json.loads(Path(ranges_path).read_text())
+    data.pop("calibration_method", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _method_enum(method: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[method]
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over preprocessed batches."""
+
+    def __init__(self, batches, input_name: str = "images"):
+        self._it = iter(batches)
+        self.input_name = input_name
+
+    def get_next(self):
+        batch = next(self._it, None)
+        return None if batch is None else {self.input_name: batch}
+
+
+def _write_ranges(fp32_onnx: Path, calib, method: str, percentile: float, ranges: Path) -> None:
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    extra = {} if method == "minmax" else dict(HIST_OPTIONS)
+    if method == "percentile":
+        extra["percentile"] = percentile
+    with tempfile.TemporaryDirectory(prefix="detbench-calib-") as tmp:
+        calibrator = create_calibrator(Path(fp32_onnx), SETTINGS["op_types_to_quantize"],
+                                       augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=_method_enum(method), extra_options=extra)
+        calibrator.collect_data(_Reader(calib.batches))
+        data = calibrator.compute_data()
+        tmp_ranges = Path(tmp) / "ranges.json"
+        save_tensors_data(data, tmp_ranges)
+        shutil.move(str(tmp_ranges), ranges)
+
+
+def _quantize(fp32_onnx: Path, method: str, ranges: Path, out: Path) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    tmp = out.with_suffix(".tmp.onnx")
+    quantize_static(str(fp32_onnx), str(tmp), None, quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    op_types_to_quantize=SETTINGS["op_types_to_quantize"],
+                    calibrate_method=_method_enum(method),
+                    extra_options=dict(SETTINGS["extra_options"]), calibration_cache_path=str(ranges))
+    tmp.rename(out)
