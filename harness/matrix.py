@@ -95,6 +95,13 @@ class CalibrationSpec(_Strict):
     source: Optional[DatasetSpec] = None
 
 
+class AlignmentSpec(_Strict):
+    """How much evidence each cell keeps for the alignment analysis against the reference."""
+
+    images: int = Field(default=32, ge=0, description="images whose decoded pre-NMS tensors are kept")
+    match_iou: float = Field(default=0.5, gt=0, le=1)
+
+
 class Rule(_Strict):
     """A partial cell: any subset of the axes."""
 
@@ -117,10 +124,10 @@ class Override(_Strict):
     @field_validator("set")
     @classmethod
     def _settable(cls, v):
-        bad = sorted(set(v) - {"eval", "timing", "calibration", "timeout_s"})
+        known = ["eval", "timing", "calibration", "alignment", "timeout_s"]
+        bad = sorted(set(v) - set(known))
         if bad:
-            raise ValueError(_unknown("override key", bad[0], ["eval", "timing", "calibration",
-                                                               "timeout_s"]))
+            raise ValueError(_unknown("override key", bad[0], known))
         return v
 
 
@@ -140,6 +147,7 @@ class Matrix(_Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     timing: TimingSpec = Field(default_factory=TimingSpec)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    alignment: AlignmentSpec = Field(default_factory=AlignmentSpec)
     timeout_s: float = Field(default=900, gt=0)
 
     @field_validator("backends")
@@ -324,12 +332,14 @@ def _complete(rule: Rule, m: Matrix, models: dict) -> dict:
 
 def _settle(axes: dict, m: Matrix, spec: ModelSpec) -> dict:
     settings = {"eval": m.eval.model_dump(), "timing": m.timing.model_dump(),
-                "calibration": m.calibration.model_dump(), "timeout_s": m.timeout_s}
+                "calibration": m.calibration.model_dump(), "alignment": m.alignment.model_dump(),
+                "timeout_s": m.timeout_s}
     for ov in m.overrides:
         if ov.match.matches(axes):
             for key, value in ov.set.items():
                 settings[key] = ({**settings[key], **value} if isinstance(value, dict) else value)
-    cell = {**axes, "key": cell_key(axes), "model_spec": spec.model_dump(), **settings}
+    cell = {**axes, "key": cell_key(axes), "model_spec": spec.model_dump(), **settings,
+            "batch_axis": sorted(m.batch_sizes)}
     cell["skip_reason"] = BACKENDS[axes["backend"]].static_skip_reason(axes)
     return cell
 

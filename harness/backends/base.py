@@ -64,6 +64,15 @@ class Runner:
     def timing_context(self):
         return contextlib.nullcontext()
 
+    def decoded(self, prepared):
+        """Decoded pre-NMS ``(boxes (N, A, 4) input pixels, scores (N, A, C))`` as numpy, or None.
+
+        The alignment analysis replays NMS on these to attribute every
+        difference from the reference; a backend whose graph ends in NMS
+        cannot provide them and returns None.
+        """
+        return None
+
     def infer(self, prepared) -> list[Detections]:
         return self.postprocess(self.forward(prepared.inputs), prepared.metas)
 

@@ -110,6 +110,13 @@ class OnnxRuntimeRunner(Runner):
                     for b, s, l in host_postprocess(boxes, scores, metas, self.test_cfg)]
         return _decode_nms_outputs(outputs, metas)
 
+    def decoded(self, prepared):
+        if self.cell["nms"] != "none":
+            return None
+        raw = self.forward(prepared.inputs)
+        boxes, scores = raw.copy_outputs_to_cpu() if hasattr(raw, "copy_outputs_to_cpu") else raw
+        return boxes.astype("float32"), scores.astype("float32")
+
     def close(self) -> None:
         self.session = None
 

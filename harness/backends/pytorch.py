@@ -77,5 +77,16 @@ class PyTorchRunner(Runner):
         return [Detections(r.bboxes.cpu().numpy(), r.scores.cpu().numpy(), r.labels.cpu().numpy())
                 for r in results]
 
+    def decoded(self, prepared):
+        import torch
+
+        from harness.export.deploy import DeployModel
+
+        if getattr(self, "_deploy", None) is None:
+            self._deploy = DeployModel(self.model, nms="none").eval()
+        with torch.inference_mode():
+            boxes, scores = self._deploy(prepared.inputs.to(self.dtype))
+        return boxes.float().cpu().numpy(), scores.float().cpu().numpy()
+
     def close(self) -> None:
-        self.model = self.head = None
+        self.model = self.head = self._deploy = None

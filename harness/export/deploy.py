@@ -42,7 +42,7 @@ OUTPUT_NAMES = {
 
 
 class DeployModel(nn.Module):
-    """Backbone + neck + head + decode (+ NMS) of an mmyolo detector, in eval mode.
+    """An mmyolo detector as one exportable function, so every backend runs the same graph.
 
     With ``nms='none'`` the outputs are ``boxes`` (N, A, 4) xyxy in input
     (letterboxed) pixels and ``scores`` (N, A, C): what ``predict_by_feat``

@@ -25,13 +25,15 @@ _CODE_FILES = ("deploy.py", "onnx_export.py")
 def export_onnx(model, cfg, out_path, *, imgsz, nms: str = "none", opset: int = 17,
                 dynamic_batch: bool = True, simplify: bool = True, pre_topk: int | None = None,
                 keep_topk: int | None = None, iou_thr: float | None = None,
-                score_thr: float | None = None) -> dict:
+                score_thr: float | None = None, batch: int | None = None) -> dict:
     """Export ``model`` (an mmyolo detector in eval mode) and return what was made.
 
     NMS settings left as None come from the config's ``test_cfg`` so that an
     exported NMS behaves like mmyolo's by default (``pre_topk`` <- ``nms_pre``,
     ``keep_topk`` <- ``max_per_img``).  Only the batch dimension is dynamic:
-    the prior tables are baked in for ``imgsz``.
+    the prior tables are baked in for ``imgsz``.  ``batch`` is the traced batch
+    size, i.e. the fixed one when ``dynamic_batch`` is off (default 1); a dynamic
+    export traces with 2 so that no size-1 dimension gets specialised away.
     """
     import onnx
     import torch
@@ -45,7 +47,8 @@ def export_onnx(model, cfg, out_path, *, imgsz, nms: str = "none", opset: int = 
     deploy = DeployModel(model, nms=nms, **settings).eval()
     height, width = _hw(imgsz)
     param = next(model.parameters())
-    dummy = torch.zeros((2, 3, height, width), dtype=param.dtype, device=param.device)
+    batch = batch or (2 if dynamic_batch else 1)
+    dummy = torch.zeros((batch, 3, height, width), dtype=param.dtype, device=param.device)
     names = OUTPUT_NAMES[nms]
     dynamic = {n: {0: "batch"} for n in ("images", *names)} if dynamic_batch else None
     out_path = Path(out_path)

@@ -72,6 +72,7 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
         ids = [im.id for im in dataset.images]
         stages.enter("infer")
         detections, dropped = _infer_all(runner, pre, images, ids, ctx)
+        decoded = _capture_decoded(runner, pre, images, ids, ctx)
         stages.enter("eval")
         from harness.evaluate.coco_eval import evaluate
 
@@ -86,7 +87,7 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
             "status": "ok", "metrics": {**coco["stats"], "detections": len(detections),
                                         "dropped_labels": dropped},
             "class_ap": coco["per_class"], **timing,
-            "artifacts": {"detections": str(det_path), **runner.info.artifacts},
+            "artifacts": {"detections": str(det_path), **decoded, **runner.info.artifacts},
             "provenance": {**provenance.device_environment(cell["device"]), **runner.info.facts,
                            "eval": ctx.effective_eval(), "config": str(ctx.config_path),
                            "config_hash": provenance.file_hash(ctx.config_path),
@@ -107,6 +108,39 @@ def _checkpoint_hash(ctx: CellContext) -> str:
 
     ckpt = ctx.model_spec["checkpoint"]
     return "random" if ckpt == "random" else file_hash(ckpt)
+
+
+def _capture_decoded(runner, pre, images, ids, ctx) -> dict:
+    """Keep decoded pre-NMS tensors and image geometry of the first images, for alignment.
+
+    Files: ``decoded.npz`` (image_ids (K,), boxes (K, A, 4) in input pixels,
+    scores (K, A, C)) and ``decoded_metas.json`` (per image: ori_shape,
+    img_shape, scale_factor, pad_param).
+    """
+    import numpy as np
+
+    k = min(int(ctx.cell.get("alignment", {}).get("images", 0)), len(images))
+    if k == 0:
+        return {}
+    batch = ctx.cell["batch"]
+    boxes, scores, metas = [], [], []
+    for start in range(0, k, batch):
+        prepared = pre(images[start:min(start + batch, k)], ids[start:min(start + batch, k)])
+        out = runner.decoded(prepared)
+        if out is None:
+            return {}
+        boxes.append(out[0])
+        scores.append(out[1])
+        metas.extend(_plain_meta(m) for m in prepared.metas)
+    path = ctx.work_dir / "decoded.npz"
+    np.savez(path, image_ids=np.asarray(ids[:k]), boxes=np.concatenate(boxes), scores=np.concatenate(scores))
+    (ctx.work_dir / "decoded_metas.json").write_text(json.dumps(metas))
+    return {"decoded": str(path), "decoded_metas": str(ctx.work_dir / "decoded_metas.json")}
+
+
+def _plain_meta(meta: dict) -> dict:
+    keys = ("img_id", "ori_shape", "img_shape", "scale_factor", "pad_param")
+    return {k: (meta[k].tolist() if hasattr(meta[k], "tolist") else meta[k]) for k in keys if k in meta}
 
 
 def _infer_all(runner, pre, images, ids, ctx):
