@@ -76,6 +76,8 @@ class EvalSpec(_Strict):
     iou_thr: Optional[float] = Field(default=None, gt=0, le=1)
     pre_topk: Optional[int] = Field(default=None, gt=0)
     keep_topk: Optional[int] = Field(default=None, gt=0)
+    pre_topk_policy: Literal["clamp", "refuse"] = Field(
+        default="clamp", description="when pre_topk exceeds a backend's TopK limit (TensorRT: 3840)")
 
 
 class TimingSpec(_Strict):

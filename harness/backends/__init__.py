@@ -23,12 +23,10 @@ class Backend:
 
     def available(self) -> tuple[bool, str]:
         """Whether its packages are importable here (no import is done)."""
+        if self.name == "tensorrt":
+            return _tensorrt_available()
         for mod in self.requires:
-            try:
-                found = importlib.util.find_spec(mod) is not None
-            except (ImportError, ValueError):  # a broken or blocked install counts as absent
-                found = False
-            if not found:
+            if not _has_module(mod):  # a broken or blocked install counts as absent
                 return False, f"python module '{mod}' is not installed"
         return True, "installed"
 
@@ -47,6 +45,23 @@ class Backend:
         return getattr(importlib.import_module(self.module), self.runner)
 
 
+def _tensorrt_available() -> tuple[bool, str]:
+    """Either full TensorRT or TensorRT-RTX (builds anywhere; runs on Ampere/Ada/Blackwell)."""
+    found = [m for m in ("tensorrt", "tensorrt_rtx_bindings") if _has_module(m)]
+    if not found:
+        return False, "neither 'tensorrt' nor 'tensorrt_rtx_bindings' is installed"
+    if found == ["tensorrt_rtx_bindings"]:
+        return True, "TensorRT-RTX only: engines build here; execution needs a GPU RTX supports"
+    return True, "installed"
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 BACKENDS: dict[str, Backend] = {
     "pytorch": Backend("pytorch", "harness.backends.pytorch", "PyTorchRunner", ("torch", "mmyolo"),
                        frozenset({"fp32", "fp16", "bf16"}), frozenset({"cpu", "cuda"}),
@@ -56,7 +71,7 @@ BACKENDS: dict[str, Backend] = {
                            frozenset({"fp32", "fp16", "int8"}), frozenset({"cpu", "cuda"}),
                            frozenset({"none", "onnx"})),
     "tensorrt": Backend("tensorrt", "harness.backends.tensorrt", "TensorRTRunner",
-                        ("tensorrt", "onnx", "torch", "mmyolo"),
+                        ("onnx", "torch", "mmyolo"),
                         frozenset({"fp32", "fp16", "int8"}), frozenset({"cuda"}),
                         frozenset({"none", "onnx", "efficient_nms", "batched_nms"})),
 }

@@ -9,6 +9,7 @@ recorded around ``forward`` bracket exactly ONNX Runtime's GPU work.
 from __future__ import annotations
 
 from harness.backends.base import Detections, Runner, SkipCell
+from harness.backends.nms_outputs import decode_nms_outputs
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -108,7 +109,7 @@ class OnnxRuntimeRunner(Runner):
             boxes, scores = outputs
             return [Detections(b.numpy(), s.numpy(), l.numpy())
                     for b, s, l in host_postprocess(boxes, scores, metas, self.test_cfg)]
-        return _decode_nms_outputs(outputs, metas)
+        return decode_nms_outputs(outputs, metas)
 
     def decoded(self, prepared):
         if self.cell["nms"] != "none":
@@ -119,21 +120,6 @@ class OnnxRuntimeRunner(Runner):
 
     def close(self) -> None:
         self.session = None
-
-
-def _decode_nms_outputs(outputs, metas):
-    """(num_dets, boxes, scores, labels) in input pixels → detections in original pixels."""
-    import torch
-
-    from harness.export.host_nms import rescale_to_original
-
-    num, boxes, scores, labels = (torch.as_tensor(o) for o in outputs)
-    dets = []
-    for i, meta in enumerate(metas):
-        n = int(num[i].reshape(-1)[0])
-        b = rescale_to_original(boxes[i, :n].float(), meta)
-        dets.append(Detections(b.numpy(), scores[i, :n].float().numpy(), labels[i, :n].long().numpy()))
-    return dets
 
 
 def _preload_cuda(ort) -> None:

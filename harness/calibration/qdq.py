@@ -81,7 +81,8 @@ def _write_ranges(fp32_onnx: Path, calib, method: str, percentile: float, ranges
     if method == "percentile":
         extra["percentile"] = percentile
     with tempfile.TemporaryDirectory(prefix="detbench-calib-") as tmp:
-        calibrator = create_calibrator(Path(fp32_onnx), SETTINGS["op_types_to_quantize"],
+        model = _runnable_part(Path(fp32_onnx), Path(tmp))
+        calibrator = create_calibrator(model, SETTINGS["op_types_to_quantize"],
                                        augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=_method_enum(method), extra_options=extra)
         calibrator.collect_data(_Reader(calib.batches))
@@ -89,6 +90,28 @@ def _write_ranges(fp32_onnx: Path, calib, method: str, percentile: float, ranges
         tmp_ranges = Path(tmp) / "ranges.json"
         save_tensors_data(data, tmp_ranges)
         shutil.move(str(tmp_ranges), ranges)
+
+
+def _runnable_part(fp32_onnx: Path, tmp: Path) -> Path:
+    """The graph ONNX Runtime can execute for calibration.
+
+    A TensorRT plugin node (EfficientNMS_TRT, BatchedNMSDynamic_TRT) has no
+    ONNX Runtime kernel, so calibration runs on the sub-graph that feeds it;
+    every quantized Conv lies there, and ``quantize_static`` then applies the
+    cached ranges to the full graph without executing it.
+    """
+    import onnx
+    from onnx.utils import Extractor
+
+    model = onnx.load(str(fp32_onnx))
+    plugins = [n for n in model.graph.node if n.domain not in ("", "ai.onnx")]
+    if not plugins:
+        return fp32_onnx
+    feeds = [name for n in plugins for name in n.input if name]
+    sub = Extractor(model).extract_model([i.name for i in model.graph.input], feeds)
+    path = tmp / "calibration_subgraph.onnx"
+    onnx.save(sub, str(path))
+    return path
 
 
 def _quantize(fp32_onnx: Path, method: str, ranges: Path, out: Path) -> None:

@@ -64,7 +64,13 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
     stages.enter("load")
     dataset = ctx.dataset
     runner = BACKENDS[cell["backend"]].load_runner_class()(cell, ctx)
-    runner.load()
+    try:
+        runner.load()
+    except SkipCell as exc:  # keep what was learnt before the skip (e.g. a TensorRT build on CPU)
+        info = runner.info
+        return {"status": "skipped", "stage": stages.current, "error": str(exc),
+                "provenance": {**info.facts, "eval": ctx.effective_eval()},
+                "artifacts": info.artifacts, "warnings": ctx.notes + info.warnings}
     try:
         device = runner.preprocess_device if hasattr(runner, "preprocess_device") else cell["device"]
         pre = ctx.preprocessor(device)
