@@ -24,9 +24,18 @@ def gpu_cells(tmp_path_factory):
     from harness.store import Store
 
     tmp = tmp_path_factory.mktemp("gpu")
-    text = (ROOT / "matrices" / "gpu_fixture.yaml").read_text().replace("../fixtures", str(ROOT / "fixtures"))
-    text = text.replace("iterations: 200, min_duration_s: 1.0", "iterations: 50")
-    (tmp / "m.yaml").write_text(text)
+    fixture = ROOT / "fixtures" / "yolov8_synth"
+    (tmp / "m.yaml").write_text(f"""
+name: gpu-test
+models: [{{name: yolov8_synth, config: {fixture / 'config.py'}, checkpoint: {fixture / 'yolov8_synth.pth'}}}]
+backends: [pytorch, onnxruntime]
+batch_sizes: [1, 8]
+image_sizes: [320]
+devices: [cuda]
+exclude: [{{backend: pytorch, batch: 1}}]
+dataset: {{synth: {{images: 100, seed: 2, size: 320}}}}
+timing: {{warmup: 10, iterations: 50}}
+""")
     r = run_cli("run", "m.yaml", cwd=tmp)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     store = Store(f"sqlite:///{tmp}/results.db", readonly=True)
