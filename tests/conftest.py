@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_cli(*args, cwd=None, env=None, timeout=900) -> subprocess.CompletedProcess:
     """Run ``detbench`` as a user would: a separate process, real exit code."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    full_env = {**os.environ, "PYTHONPATH": path, **(env or {})}
     return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
 

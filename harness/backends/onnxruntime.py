@@ -123,7 +123,19 @@ class OnnxRuntimeRunner(Runner):
 
 
 def _preload_cuda(ort) -> None:
-    """onnxruntime-gpu finds CUDA/cuDNN from the pip nvidia-* wheels only after preload_dlls()."""
+    """Make CUDA/cuDNN visible to onnxruntime-gpu without breaking torch in the same process.
+
+    torch is initialised first so that its own cuDNN is the one loaded (ONNX
+    Runtime then reuses it by soname); ``preload_dlls()`` only runs where torch
+    has no CUDA, since a second, older cuDNN loaded first makes torch refuse
+    to run ("cuDNN version incompatibility").
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.init()
+        torch.backends.cudnn.version()
+        return
     preload = getattr(ort, "preload_dlls", None)
     if preload is not None:
         try:

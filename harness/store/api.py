@@ -175,6 +175,30 @@ class Store:
 
     # -- per-cell detail --------------------------------------------------------
 
+    def record_alignment(self, cell_id: int, alignment: dict[str, Any] | None) -> None:
+        """Store (or, with None, clear) a cell's alignment record against its reference.
+
+        Written after the cell's result, by the alignment analysis; a rerun of
+        the cell clears it with the rest of its results.
+        """
+        with self._writing() as session:
+            cellops.get(session, cell_id).alignment = alignment
+
+    def alignment(self, cell_id: int) -> dict[str, Any] | None:
+        """The cell's alignment record (see ``harness.evaluate.alignment``), None when there is none."""
+        with self.session() as session:
+            return cellops.get(session, cell_id).alignment
+
+    def alignments(self, run_id: str) -> dict[int, dict[str, Any]]:
+        """Every stored alignment record of a run: cell id → record, in plan order."""
+        with self.session() as session:
+            query = (select(Cell.id, Cell.alignment)
+                     .where(Cell.run_id == runs.resolve(session, run_id).id,
+                            Cell.alignment.is_not(None))
+                     .order_by(Cell.position))
+            return {cell_id: record for cell_id, record in session.execute(query)}
+
+
     def latency_samples(self, cell_id: int, series: str = "model") -> list[float]:
         """Per-iteration latencies in measurement order."""
         if series not in SERIES:

@@ -112,6 +112,8 @@ class Cell(Base):
     latency_median_ms: Mapped[float | None]
     latency_p99_ms: Mapped[float | None]
     throughput_ips: Mapped[float | None]
+    # the alignment record against the run's PyTorch fp32 reference (harness.runner.compare)
+    alignment: Mapped[dict[str, Any] | None]
 
 
 class LatencySample(Base):

@@ -1,0 +1,42 @@
+"""Which cell of a run is a cell's reference, and which is its batch-1 twin.
+
+Works on anything with the CellRecord attributes, so it is testable with stubs.
+"""
+from __future__ import annotations
+
+import json
+
+REFERENCE_BACKEND, REFERENCE_PRECISION = "pytorch", "fp32"
+
+
+def _reference_rank(cell, ref) -> tuple:
+    """Batch 1 first, then the smallest batch; then the same device, nms none, plan order."""
+    return (ref.batch != 1, ref.batch, ref.device != cell.device, ref.nms != "none", ref.position)
+
+
+def reference_for(cell, cells) -> tuple[object | None, str | None]:
+    """``(reference, None)`` or ``(None, why there is none)``; a reference is its own reference."""
+    same = [c for c in cells if c.model == cell.model and c.imgsz == cell.imgsz
+            and c.backend == REFERENCE_BACKEND and c.precision == REFERENCE_PRECISION]
+    ok = sorted((c for c in same if c.status == "ok"), key=lambda c: _reference_rank(cell, c))
+    if ok:
+        return ok[0], None
+    if same:
+        states = ", ".join(f"{c.key} is {c.status}" for c in same)
+        return None, f"no reference: {states}"
+    return None, (f"no reference: the run has no {REFERENCE_BACKEND} {REFERENCE_PRECISION} cell "
+                  f"of {cell.model} at imgsz {cell.imgsz}")
+
+
+def _twin_key(cell) -> tuple:
+    ev = json.dumps((cell.params or {}).get("eval"), sort_keys=True)
+    return (cell.model, cell.backend, cell.precision, cell.imgsz, cell.device, cell.nms, ev)
+
+
+def batch_twin(cell, cells):
+    """The ok cell differing only in batch (batch 1, else the smallest), if smaller than ``cell``'s."""
+    twins = sorted((c for c in cells if c.status == "ok" and c.id != cell.id
+                    and _twin_key(c) == _twin_key(cell)), key=lambda c: (c.batch != 1, c.batch))
+    if twins and twins[0].batch < cell.batch:
+        return twins[0]
+    return None

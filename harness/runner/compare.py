@@ -1,0 +1,178 @@
+"""Alignment of every cell of a run with its PyTorch fp32 reference: the file and store IO.
+
+The analysis itself is pure (``harness.evaluate.alignment``); this module finds
+each cell's reference and batch twin, loads what the workers left
+(detections.json, decoded.npz, decoded_metas.json, per-class AP), runs the
+analysis and stores one record per cell (``Store.record_alignment``).  It runs
+at the end of ``detbench run`` and on ``detbench compare``; a cell whose
+analysis fails gets an ``error`` record instead of stopping the others.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SCHEMA = 1
+
+
+class MissingArtifact(Exception):
+    """A file the analysis needs is gone (cache cleaned, run from another machine)."""
+
+
+def compare_run(store, run_id: str) -> list[dict]:
+    """Analyse and store every finished non-reference cell; the records in plan order."""
+    from harness.evaluate.alignment.pairing import reference_for
+
+    cells = store.cells(run_id)
+    loader = _Loader(store)
+    records = []
+    for cell in cells:
+        if cell.status != "ok":
+            continue
+        ref, reason = reference_for(cell, cells)
+        if ref is not None and ref.id == cell.id:
+            continue
+        record = _record_or_error(loader, cell, ref, reason, cells)
+        store.record_alignment(cell.id, record)
+        records.append(record)
+    return records
+
+
+def alignments_for(store, run_id: str, *, recompute: bool = False) -> list[dict]:
+    """The stored records of a run, computing (and storing) them if any is missing or asked to."""
+    from harness.evaluate.alignment.pairing import reference_for
+
+    cells = store.cells(run_id)
+    wanted = [c for c in cells if c.status == "ok"
+              and getattr(reference_for(c, cells)[0], "id", None) != c.id]
+    stored = store.alignments(run_id)
+    if recompute or any(c.id not in stored for c in wanted):
+        return compare_run(store, run_id)
+    return [stored[c.id] for c in wanted]
+
+
+def _record_or_error(loader, cell, ref, reason, cells) -> dict:
+    try:
+        return _record(loader, cell, ref, reason, cells)
+    except MissingArtifact as exc:
+        return _status_record(cell.key, "no data", str(exc))
+    except Exception as exc:  # an analysis bug must not lose the run's other records
+        return _status_record(cell.key, "error", f"{type(exc).__name__}: {exc}")
+
+
+def _record(loader, cell, ref, reason, cells) -> dict:
+    from harness.evaluate.alignment.analysis import analyse
+    from harness.evaluate.alignment.pairing import batch_twin
+
+    twin = batch_twin(cell, cells)
+    batch = _batch(loader, cell, twin) if twin is not None else None
+    if ref is None:
+        return {**_status_record(cell.key, "no reference", reason), "batch_invariance": batch}
+    match_iou = float(((cell.params or {}).get("alignment") or {}).get("match_iou", 0.5))
+    return analyse(loader.data(ref), loader.data(cell), match_iou, batch)
+
+
+def _batch(loader, cell, twin) -> dict:
+    from harness.evaluate.alignment.batch import batch_invariance
+
+    out = batch_invariance(loader.data(twin).detections, loader.data(cell).detections)
+    return {"against": twin.key, "against_batch": twin.batch, "batch": cell.batch, **out}
+
+
+def _status_record(key: str, status: str, reason: str | None) -> dict:
+    from harness.evaluate.alignment import SCHEMA_VERSION
+
+    return {"schema": SCHEMA_VERSION, "status": status, "reason": reason, "cell": key,
+            "reference": None}
+
+
+class _Loader:
+    """Each cell's artifacts loaded once per comparison (a reference serves many candidates)."""
+
+    def __init__(self, store):
+        self.store = store
+        self._data: dict[int, object] = {}
+
+    def data(self, cell):
+        if cell.id not in self._data:
+            self._data[cell.id] = self._load(cell)
+        return self._data[cell.id]
+
+    def _load(self, cell):
+        from harness.evaluate.alignment.analysis import CellData
+        from harness.evaluate.alignment.replay import Replayer
+        from harness.evaluate.alignment.settings import effective_settings
+
+        image_ids, category_ids = _dataset_ids(cell.params["dataset"])
+        decoded, metas = _decoded(cell.artifacts or {})
+        return CellData(
+            key=cell.key, nms=cell.nms, settings=effective_settings(cell.nms, cell.provenance or {}),
+            detections=_detections(cell.artifacts or {}, image_ids), metrics=cell.metrics,
+            class_ap=self.store.class_ap(cell.id), decoded=decoded,
+            replayer=Replayer(decoded, metas, category_ids) if decoded is not None else None)
+
+
+def _read(path: str | None, what: str) -> Path:
+    if not path or not Path(path).is_file():
+        raise MissingArtifact(f"{what} not found at {path}: rerun the cell or keep its cache dir")
+    return Path(path)
+
+
+def _dataset_ids(dataset: dict) -> tuple[list[int], list[int]]:
+    """The evaluated image ids (sorted, limited, as the worker ran them) and the category ids."""
+    data = json.loads(_read(dataset.get("annotations"), "annotations").read_text())
+    ids = sorted(int(im["id"]) for im in data["images"])
+    if dataset.get("limit"):
+        ids = ids[:dataset["limit"]]
+    return ids, sorted(int(c["id"]) for c in data["categories"])
+
+
+def _detections(artifacts: dict, image_ids: list[int]) -> dict:
+    from harness.evaluate.alignment.detsets import from_coco
+
+    entries = json.loads(_read(artifacts.get("detections"), "detections.json").read_text())
+    return from_coco(entries, image_ids)
+
+
+def _decoded(artifacts: dict):
+    """``({image_ids, boxes, scores}, metas)``, or ``(None, None)`` when the cell kept none."""
+    import numpy as np
+
+    if not artifacts.get("decoded"):
+        return None, None
+    with np.load(_read(artifacts["decoded"], "decoded.npz")) as npz:
+        decoded = {name: npz[name] for name in ("image_ids", "boxes", "scores")}
+    metas = json.loads(_read(artifacts.get("decoded_metas"), "decoded_metas.json").read_text())
+    return decoded, metas
+
+
+# -- presentation --------------------------------------------------------------------------------
+
+def to_json(run_id: str, records: list[dict]) -> str:
+    """``detbench compare --json``: ``{"schema", "run_id", "cells": [record, ...]}``, keys sorted."""
+    return json.dumps({"schema": SCHEMA, "run_id": run_id, "cells": records}, indent=2,
+                      sort_keys=True)
+
+
+def print_table(run_id: str, records: list[dict]) -> None:
+    """The rich table of ``detbench compare``, then each cell's lint messages and notes."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.evaluate.alignment.table import COLUMNS, row
+
+    con = Console(file=sys.stdout, width=220 if not sys.stdout.isatty() else None)
+    table = Table(title=f"alignment of run {run_id} with its PyTorch fp32 references")
+    for col in COLUMNS:
+        table.add_column(col, overflow="fold")
+    for record in records:
+        r = row(record)
+        table.add_row(*(r[c] for c in COLUMNS))
+    con.print(table)
+    for record in records:
+        for line in [i["message"] for i in record.get("lint") or []] + (record.get("notes") or []):
+            con.print(f"{record['cell']}: {line}", markup=False, highlight=False)
+    if not records:
+        con.print("no finished cell besides the references")
