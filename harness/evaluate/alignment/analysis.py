@@ -150,8 +150,9 @@ def lints(ref: CellData, cand: CellData, batch: dict | None) -> list[dict]:
     out = settings_lints(ref.settings, cand.settings, cand.nms)
     if ref.decoded is not None:
         scores = ref.decoded["scores"]
-        out += cap_lint(scores, cand.settings, "pre_topk_cap", "the candidate's")
-        out += cap_lint(scores, ref.settings, "reference_pre_topk_cap", "the reference's")
+        out += cap_lint(scores, cand.settings, "pre_topk_cap", "its")
+        if ref.settings.pre_topk != cand.settings.pre_topk:
+            out += cap_lint(scores, ref.settings, "reference_pre_topk_cap", "the reference's")
     out += keep_topk_lint(cand.detections, cand.settings.keep_topk)
     return out + batch_lint(batch)
 
@@ -165,7 +166,8 @@ def notes(results: list[ImageResult], ref: CellData, cand: CellData) -> list[str
         out.append(f"{n} differences on {len(unreplayed)} images without decoded tensors were "
                    "attributed only where obvious (score_thr boundary, full keep_topk list); "
                    "the rest count as 'other'")
-    if cand.replayer is None and ref.replayer is not None:
+    differ = any(r.missing or r.extra for r in results)
+    if differ and cand.replayer is None and ref.replayer is not None:
         where = "'nms'" if cand.nms != "none" else "'other'"
         out.append(f"the candidate kept no decoded tensors: numeric drift is not separable and "
                    f"counts under {where}")
