@@ -73,8 +73,9 @@ def cells_frame(cells) -> pd.DataFrame:
                     for r in frame.itertuples()]
     frame["col"] = [f"b{b} · {s}px" for b, s in zip(frame["batch"], frame["imgsz"])]
     frame["config"] = frame["backend"] + " · " + frame["precision"]
-    frame["series"] = [row_label(r.model, r.backend, r.precision, [f"{r.imgsz}px"])
-                       for r in frame.itertuples()]
+    frame["series"] = [row_label(r.model, r.backend, r.precision,
+                                 [f"{r.imgsz}px", *(str(getattr(r, k)) for k in vary)])
+                       for r in frame.itertuples()]  # one line per cell family: batch is the x-axis
     return frame
 
 

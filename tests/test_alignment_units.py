@@ -209,9 +209,22 @@ def test_table_row_and_stable_json():
     r = row(rec)
     assert set(r) == set(COLUMNS) and r["pre_topk"] == "1" and r["lint"] == "pre_topk_cap(3)"
     assert r["ΔAP"] == "-0.0010" and r["max abs err (boxes / scores)"] == "— / 1.00e-06"
+    assert row({**rec, "reference": "m/pytorch/fp32/b1/s320/cpu/nms-none"})["reference"] == "pytorch/fp32/b1"
     assert row({"status": "no reference", "cell": "c", "reason": "why"})["reference"] == "why"
     text = to_json("run1", [rec])
     assert json.loads(text)["cells"][0]["cell"] == "c" and text == to_json("run1", [rec])
+
+
+def test_compare_table_prints_rows_lint_and_notes(capsys):
+    from harness.runner.compare import print_table
+
+    print_table("run1", [{"status": "ok", "cell": "m/onnxruntime/fp32/b2", "reference": "m/pytorch/fp32/b1",
+                          "attribution": {"pre_topk": 7}, "notes": ["a note"],
+                          "lint": [{"code": "pre_topk_cap", "count": 2, "message": "2 images over"}]},
+                         {"status": "no reference", "cell": "x/onnxruntime/fp32/b1", "reason": "no reference: why"}])
+    out = capsys.readouterr().out
+    assert "pre_topk_cap(2)" in out and "m/onnxruntime/fp32/b2: 2 images over" in out
+    assert "a note" in out and "no reference: why" in out
 
 
 # -- counterfactual replays on synthetic decoded tensors ----------------------------------------

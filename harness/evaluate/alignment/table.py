@@ -20,12 +20,19 @@ def row(record: dict) -> dict:
     causes = record.get("attribution") or {}
     err = (f"{_num(record.get('tensor_boxes_max_abs_err'), '.2e')} / "
            f"{_num(record.get('tensor_scores_max_abs_err'), '.2e')}")
-    return {"cell": record["cell"], "reference": record["reference"],
+    return {"cell": record["cell"], "reference": short_key(record["reference"]),
             "matched %": _num(record.get("matched_pct"), ".2f"),
             "missing": str(record.get("missing", "")), "extra": str(record.get("extra", "")),
             **{c: str(causes.get(c, 0)) for c in CAUSES},
             "ΔAP": _num(record.get("ap_delta"), "+.4f"), "max abs err (boxes / scores)": err,
             "lint": _lint(record)}
+
+
+def short_key(key: str) -> str:
+    """``model/pytorch/fp32/b1/s320/cpu/nms-none`` → ``pytorch/fp32/b1``: the reference has the
+    candidate's model and imgsz by construction, so the rest only takes room."""
+    parts = key.split("/")
+    return "/".join(parts[1:4]) if len(parts) >= 4 else key
 
 
 def _lint(record: dict) -> str:
