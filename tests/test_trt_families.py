@@ -2,6 +2,8 @@
 builds with TensorRT-RTX on this CPU-only machine, or is skipped with the exact reason."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conftest import has_module
@@ -95,3 +97,21 @@ def test_int8_qdq_of_a_plugin_graph_calibrates_on_the_runnable_part(tmp_path):
     ops = [n.op_type for n in onnx.load(str(qdq)).graph.node]
     assert "EfficientNMS_TRT" in ops and "QuantizeLinear" in ops
     assert info["calibration_cache_sha256"]
+
+
+def test_matrix_naming_tensorrt_without_tensorrt_gives_skipped_cells(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "m.yaml").write_text(
+        "models: [{name: yolov8_n, checkpoint: random}]\nbackends: [tensorrt]\nimage_sizes: [64]\n"
+        "devices: [cpu, cuda]\ndataset: {synth: {images: 1, size: 64}}\n")
+    env = {"DETBENCH_TENSORRT": "none"}
+    plan = run_cli("plan", "m.yaml", cwd=tmp_path, env=env)
+    assert "tensorrt (unavailable: hidden by DETBENCH_TENSORRT=none)" in " ".join(plan.stdout.split())
+    r = run_cli("run", "m.yaml", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "Traceback" not in r.stdout + r.stderr
+    show = run_cli("show", "latest", "--json", cwd=tmp_path)
+    cells = {c["device"]: c for c in json.loads(show.stdout)["cells"]}
+    assert cells["cpu"]["status"] == "skipped" and "does not run on cpu" in cells["cpu"]["error"]
+    assert cells["cuda"]["status"] == "skipped"
+    assert "TensorRT is not installed here" in cells["cuda"]["error"]

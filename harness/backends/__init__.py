@@ -47,6 +47,10 @@ class Backend:
 
 def _tensorrt_available() -> tuple[bool, str]:
     """Either full TensorRT or TensorRT-RTX (builds anywhere; runs on Ampere/Ada/Blackwell)."""
+    import os
+
+    if os.environ.get("DETBENCH_TENSORRT") == "none":
+        return False, "hidden by DETBENCH_TENSORRT=none"
     found = [m for m in ("tensorrt", "tensorrt_rtx_bindings") if _has_module(m)]
     if not found:
         return False, "neither 'tensorrt' nor 'tensorrt_rtx_bindings' is installed"

@@ -20,6 +20,7 @@ them is seen as it is.  Nothing here imports TensorRT until ``detect`` is called
 from __future__ import annotations
 
 import functools
+import os
 import importlib
 import warnings
 from dataclasses import dataclass, field
@@ -91,16 +92,27 @@ def detect(prefer: str | None = None) -> TrtFlavour | None:
 
         raise UserError(f"unknown TensorRT flavour '{prefer}': choose tensorrt or tensorrt_rtx")
     order = (prefer,) + tuple(n for n in _DEFAULT_ORDER if n != prefer) if prefer else _DEFAULT_ORDER
-    for name in order:
+    for name in _allowed(order):
         flavour = _load(name)
         if flavour is not None:
             return flavour
     return None
 
 
+def _allowed(order):
+    """``DETBENCH_TENSORRT`` = tensorrt | tensorrt_rtx | none pins the flavour on a machine with
+    several (or hides TensorRT, to see what a matrix does where it is absent)."""
+    pinned = os.environ.get("DETBENCH_TENSORRT")
+    if not pinned:
+        return order
+    return tuple(n for n in order if n == pinned)
+
+
 def why_unavailable() -> str:
     """'' when some TensorRT is importable, else one line naming each failure and the fix."""
-    if any(_load(name) is not None for name in _DEFAULT_ORDER):
+    if os.environ.get("DETBENCH_TENSORRT") == "none":
+        return "DETBENCH_TENSORRT=none hides every TensorRT installation"
+    if any(_load(name) is not None for name in _allowed(_DEFAULT_ORDER)):
         return ""
     parts = "; ".join(f"{name}: {_failures.get(name, 'not tried')}" for name in _DEFAULT_ORDER)
     return (f"no TensorRT Python module can be imported ({parts}). Install NVIDIA TensorRT "
