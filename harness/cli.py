@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_id")
     sp.add_argument("--format", choices=("csv", "md", "html", "json"), default="csv")
     sp.add_argument("-o", "--output")
+    sp = cmd("compare", "why each cell's detections differ from its PyTorch fp32 reference")
+    sp.add_argument("run_id")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--recompute", action="store_true", help="redo the analysis from the cell files")
     sp = cmd("synth", "generate a synthetic COCO-format dataset")
     sp.add_argument("--out", required=True)
     sp.add_argument("--images", type=int, default=100)
@@ -155,12 +159,25 @@ def cmd_export(args) -> int:
     rows = [report.cell_row(c) for c in cells]
     text = {"csv": lambda: report.to_csv(rows), "md": lambda: report.to_markdown(rows),
             "html": lambda: report.to_html(rows, title=f"detbench run {run.id} ({run.name})"),
-            "json": lambda: report.to_json(run, cells)}[args.format]()
+            "json": lambda: report.to_json(run, cells, store.alignments(run.id))}[args.format]()
     if args.output:
         Path(args.output).write_text(text)
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    from harness.runner import compare
+
+    store = _store(args)
+    run = store.get_run(args.run_id)
+    records = compare.alignments_for(store, run.id, recompute=args.recompute)
+    if args.json:
+        print(compare.to_json(run.id, records))
+    else:
+        compare.print_table(run.id, records)
     return EXIT_OK
 
 
@@ -198,7 +215,7 @@ def cmd_dashboard(args) -> int:
     return launch(args.db, args.port)
 
 
-COMMANDS = {"plan": cmd_plan, "run": cmd_run, "list": cmd_list, "show": cmd_show,
+COMMANDS = {"compare": cmd_compare, "plan": cmd_plan, "run": cmd_run, "list": cmd_list, "show": cmd_show,
             "export": cmd_export, "synth": cmd_synth, "models": cmd_models, "db": cmd_db,
             "dashboard": cmd_dashboard}
 

@@ -110,10 +110,13 @@ def to_html(rows: list[dict], columns: list[str] | tuple[str, ...] | None = None
             + "\n".join(body) + "\n</tbody>\n</table>\n</body>\n</html>\n")
 
 
-def to_json(run, cells) -> str:
-    """The documented, stable JSON of a run: ``{"run": {...}, "cells": [CellRecord.to_dict()...]}``."""
-    return json.dumps({"run": run.to_dict(), "cells": [c.to_dict() for c in cells]}, indent=2,
-                      default=str)
+def to_json(run, cells, alignments: dict | None = None) -> str:
+    """The documented, stable JSON of a run: ``{"run": {...}, "cells": [CellRecord.to_dict()...]}``
+    plus ``"alignment": {cell key: record}`` when alignment records are given."""
+    doc = {"run": run.to_dict(), "cells": [c.to_dict() for c in cells]}
+    if alignments is not None:
+        doc["alignment"] = {c.key: alignments[c.id] for c in cells if c.id in alignments}
+    return json.dumps(doc, indent=2, default=str)
 
 
 # -- tables the dashboard shows (and exports) -----------------------------------------------------

@@ -17,12 +17,12 @@ from harness.store import Store, current_revision, head_revision, migrations, up
 from harness.store.schema import Base
 
 REPO = Path(__file__).resolve().parents[1]
-SECOND_REVISION = textwrap.dedent("""\
+NEXT_REVISION = textwrap.dedent("""\
     from alembic import op
     import sqlalchemy as sa
 
-    revision = "0002"
-    down_revision = "0001"
+    revision = "0003"
+    down_revision = "0002"
     branch_labels = None
     depends_on = None
 
@@ -200,7 +200,7 @@ def test_sqlite_pragmas(store, url):
 
 
 def test_fresh_db_is_at_head_and_upgrade_from_nothing(tmp_path, url):
-    assert head_revision() == "0001"
+    assert head_revision() == "0002"
     fresh = f"sqlite:///{tmp_path / 'sub' / 'fresh.db'}"
     assert upgrade(fresh) == head_revision() == current_revision(fresh)
     assert upgrade(fresh) == head_revision()  # idempotent
@@ -238,18 +238,18 @@ def test_tables_without_revision_are_refused(tmp_path):
 
 
 def test_behind_head_is_refused_until_upgraded(tmp_path, url, monkeypatch):
-    Store(url).close()  # at 0001
+    Store(url).close()  # at 0002
     scripts = tmp_path / "migrations"
     shutil.copytree(migrations.SCRIPT_LOCATION, scripts,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_extra.py").write_text(SECOND_REVISION)
+    (scripts / "versions" / "0003_extra.py").write_text(NEXT_REVISION)
     monkeypatch.setattr(migrations, "SCRIPT_LOCATION", str(scripts))
-    assert head_revision() == "0002"
+    assert head_revision() == "0003"
     with pytest.raises(UserError) as refused:
         Store(url)
-    assert str(refused.value) == (f"database {url} is at schema revision 0001, behind 0002: "
+    assert str(refused.value) == (f"database {url} is at schema revision 0002, behind 0003: "
                                   f"run `detbench db upgrade --db {url}`")
-    assert upgrade(url) == "0002" == current_revision(url)
+    assert upgrade(url) == "0003" == current_revision(url)
     Store(url).close()
 
 

@@ -74,7 +74,8 @@ class CellContext:
         cfg = self.mm_test_cfg(self.cfg.model.test_cfg)
         return {"score_thr": cfg.get("score_thr"), "iou_thr": cfg.nms.iou_threshold,
                 "pre_topk": cfg.get("nms_pre", -1), "keep_topk": cfg.get("max_per_img"),
-                "multi_label": cfg.get("multi_label", False)}
+                "multi_label": cfg.get("multi_label", False),
+                "yolox_style": cfg.get("yolox_style", False)}
 
     def calibration_set(self):
         """The cell's calibration data, preprocessed exactly like its inference inputs."""

@@ -22,6 +22,7 @@ from harness import __version__
 from harness import matrix as mx
 from harness.data.datasets import resolve_dataset
 from harness.measure import provenance
+from harness.runner.compare import compare_run
 
 LOG_TAIL_LINES = 60
 _ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +71,8 @@ def execute(store, run_id: str, cache_dir: Path, *, force: bool = False,
                               lambda stage, key=cell.key: on_event("cell", {"key": key, "stage": stage}))
             outcomes.append(outcome)
             on_event("done", {"outcome": outcome})
+        on_event("cell", {"key": "alignment with the PyTorch reference", "stage": "compare"})
+        compare_run(store, run_id)
     except KeyboardInterrupt:
         store.finish_run(run_id, "interrupted")
         raise

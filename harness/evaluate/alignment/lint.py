@@ -23,8 +23,12 @@ def settings_lints(ref: NmsSettings, cand: NmsSettings, nms: str) -> list[dict]:
                                    "mAP is computed on a differently truncated list"})
         else:
             out.append({"code": f"{name}_differs",
-                        "message": f"{name} {c} here vs {r} in the reference"})
+                        "message": f"{name} {_show(c)} here vs {_show(r)} in the reference"})
     return out
+
+
+def _show(value) -> str:
+    return "no cap" if value is None else str(value)
 
 
 def candidates_per_image(scores: np.ndarray, s: NmsSettings) -> np.ndarray:

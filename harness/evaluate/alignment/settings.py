@@ -23,6 +23,7 @@ class NmsSettings:
     pre_topk: int | None  # None: no cap
     keep_topk: int | None  # None: no cap
     multi_label: bool = True
+    yolox_style: bool = False  # YOLOX keeps every NMS survivor (no keep_topk cut)
 
     @classmethod
     def from_eval(cls, ev: dict) -> "NmsSettings":
@@ -31,7 +32,8 @@ class NmsSettings:
         return cls(score_thr=float(ev.get("score_thr") or 0.0), iou_thr=float(ev["iou_thr"]),
                    pre_topk=None if pre is None or pre <= 0 else int(pre),
                    keep_topk=None if ev.get("keep_topk") is None else int(ev["keep_topk"]),
-                   multi_label=bool(ev.get("multi_label", True)))
+                   multi_label=bool(ev.get("multi_label", True)),
+                   yolox_style=bool(ev.get("yolox_style", False)))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -40,7 +42,7 @@ class NmsSettings:
         """An mmyolo ``test_cfg`` for :func:`harness.export.host_nms.host_postprocess`."""
         return {"multi_label": self.multi_label, "score_thr": self.score_thr,
                 "nms_pre": self.pre_topk or _NO_CAP, "max_per_img": self.keep_topk or _NO_CAP,
-                "nms": {"type": "nms", "iou_threshold": self.iou_thr}}
+                "nms": {"type": "nms", "iou_threshold": self.iou_thr}, "yolox_style": self.yolox_style}
 
     def with_step(self, step: str, other: "NmsSettings") -> "NmsSettings":
         return replace(self, **{step: getattr(other, step)})
