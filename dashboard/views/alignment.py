@@ -18,6 +18,7 @@ def main() -> None:
     if not found:
         st.info(NO_DATA)
         return
+    found.sort(key=lambda ca: -_differences(ca[1]))  # the most interesting cell first
     by_key = {c.key: (c, a) for c, a in found}
     key = context.choice("Cell", list(by_key), "cell",
                          help="cells of this run that carry alignment data")
@@ -26,8 +27,35 @@ def main() -> None:
         st.json(data)
         return
     render(data)
+    _draw_worst(ctx, cell, data)
     with st.expander("raw alignment data"):
         st.json(data, expanded=False)
+
+
+def _differences(data) -> int:
+    return int(data.get("missing", 0) or 0) + int(data.get("extra", 0) or 0) if isinstance(data, dict) else 0
+
+
+def _draw_worst(ctx, cell, data: dict, count: int = 3) -> None:
+    """The worst images with boxes: reference (green, thick) vs this cell (red, thin)."""
+    from dashboard.drawing import draw
+
+    worst = [w for w in data.get("worst_images") or [] if isinstance(w, dict)][:count]
+    reference = next((c for c in ctx.store.cells(cell.run_id) if c.key == data.get("reference")), None)
+    if not worst or reference is None:
+        return
+    st.subheader("Worst images, boxes drawn")
+    st.caption("green (thick): PyTorch fp32 reference · red (thin): this cell · detections with score ≥ 0.3")
+    columns = st.columns(len(worst))
+    for col, row in zip(columns, worst):
+        picture = draw(int(row["image_id"]), reference, cell)
+        causes = ", ".join(f"{k} {row[k]}" for k in ("pre_topk", "score_thr", "keep_topk", "nms",
+                                                     "numeric", "other") if row.get(k))
+        label = f"image {row['image_id']}: missing {row.get('missing', 0)}, extra {row.get('extra', 0)}"
+        if picture is None:
+            col.info(f"{label} (image or detections file not found on this machine)")
+        else:
+            col.image(picture, caption=f"{label} — {causes or 'no differences'}")
 
 
 def render(data: dict) -> None:
