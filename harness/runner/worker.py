@@ -72,8 +72,7 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
                 "provenance": {**info.facts, "eval": ctx.effective_eval()},
                 "artifacts": info.artifacts, "warnings": ctx.notes + info.warnings}
     try:
-        device = runner.preprocess_device if hasattr(runner, "preprocess_device") else cell["device"]
-        pre = ctx.preprocessor(device)
+        pre = ctx.preprocessor(cell["device"])
         images = [dataset.read(im) for im in dataset.images]
         ids = [im.id for im in dataset.images]
         stages.enter("infer")
