@@ -321,15 +321,18 @@ def test_db_url_from_script_args(monkeypatch):
 
 @pytest.mark.slow
 def test_every_page_on_a_real_run(tmp_path, monkeypatch):
-    """One real (tiny) `detbench run` on CPU, then every page renders without an exception."""
-    from conftest import has_module, run_cli
+    """A real `detbench run` of the trained fixture on CPU (PyTorch reference and ONNX Runtime),
+    then every page renders without an exception, alignment included."""
+    from conftest import ROOT, has_module, run_cli
 
-    if not has_module("mmyolo") or not has_module("torch"):
-        pytest.skip("needs torch and mmyolo for a real run")
+    if not (has_module("mmyolo") and has_module("torch") and has_module("onnxruntime")):
+        pytest.skip("needs torch, mmyolo and onnxruntime for a real run")
+    fixture = ROOT / "fixtures" / "yolov8_synth"
     matrix = tmp_path / "tiny.yaml"
-    matrix.write_text("name: tiny\nmodels: [{name: yolov8_n, checkpoint: random}]\n"
-                      "backends: [pytorch]\nprecisions: [fp32]\nbatch_sizes: [1]\nimage_sizes: [160]\n"
-                      "devices: [cpu]\ndataset: {synth: {images: 4, seed: 2, size: 320}}\n"
+    matrix.write_text(f"name: fixture\nmodels: [{{name: yolov8_synth, config: {fixture / 'config.py'}, "
+                      f"checkpoint: {fixture / 'yolov8_synth.pth'}}}]\n"
+                      "backends: [pytorch, onnxruntime]\nprecisions: [fp32]\nbatch_sizes: [1]\n"
+                      "image_sizes: [320]\ndevices: [cpu]\ndataset: {synth: {images: 8, seed: 2, size: 320}}\n"
                       "timing: {warmup: 1, iterations: 5}\ntimeout_s: 300\n")
     url = f"sqlite:///{tmp_path / 'real.db'}"
     done = run_cli("run", matrix, "--db", url, "--cache-dir", tmp_path / "cache", cwd=tmp_path)
@@ -341,8 +344,10 @@ def test_every_page_on_a_real_run(tmp_path, monkeypatch):
         if page == "details":  # a CPU cell: raw samples but no NVML telemetry
             assert any("No NVML telemetry" in i.value for i in at.info)
             assert len(at.get("plotly_chart")) >= 2
-        if page == "alignment":
-            assert any("No alignment data" in i.value for i in at.info)
+        if page == "alignment":  # the ONNX Runtime cell against its PyTorch reference
+            assert len(at.get("plotly_chart")) == 3
+            cell = next(sb for sb in at.selectbox if sb.label == "Cell")
+            assert cell.value == "yolov8_synth/onnxruntime/fp32/b1/s320/cpu/nms-none"
 
 
 # -- pieces -------------------------------------------------------------------------------------
