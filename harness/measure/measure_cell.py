@@ -22,7 +22,9 @@ def measure(runner, pre, images: list, ids: list, cell: dict) -> dict:
     forward = _maybe_graph(runner, prepared.inputs, t.get("cuda_graph", False))
 
     telemetry, tele_samples, warnings = None, [], []
-    sampler = _sampler(device)
+    sampler, why = _sampler(device)
+    if why:
+        warnings.append(f"no NVML telemetry: {why}")
     with runner.timing_context():
         if sampler is not None:
             with sampler:
@@ -67,16 +69,17 @@ def _maybe_graph(runner, inputs, use_graph: bool):
 
 
 def _sampler(device: str):
+    """The NVML sampler for a GPU cell, or (None, why): telemetry is optional, latency is not."""
     if not device.startswith("cuda"):
-        return None
+        return None, None
     try:
         from harness.measure.telemetry import NvmlSampler
 
         import torch
 
-        return NvmlSampler(torch.device(device).index or 0)
-    except Exception:  # NVML absent: telemetry is optional, latency is not
-        return None
+        return NvmlSampler(torch.device(device).index or 0), None
+    except Exception as exc:  # NVML absent or restricted: say so in the cell's warnings
+        return None, f"{type(exc).__name__}: {exc}"
 
 
 def _peak_memory_mb(device: str):

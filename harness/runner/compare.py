@@ -57,7 +57,11 @@ def _record_or_error(loader, cell, ref, reason, cells) -> dict:
     except MissingArtifact as exc:
         return _status_record(cell.key, "no data", str(exc))
     except Exception as exc:  # an analysis bug must not lose the run's other records
-        return _status_record(cell.key, "error", f"{type(exc).__name__}: {exc}")
+        import traceback
+
+        traceback.print_exc()  # loud on stderr, and kept in the record
+        return {**_status_record(cell.key, "error", f"{type(exc).__name__}: {exc}"),
+                "traceback": traceback.format_exc()}
 
 
 def _record(loader, cell, ref, reason, cells) -> dict:
