@@ -15,6 +15,7 @@ import streamlit as st  # noqa: E402
 from dashboard import context  # noqa: E402
 
 PAGES = Path(__file__).parent / "views"  # not pages/: that name turns on Streamlit's legacy auto-pages
+ICON = Path(__file__).parent / "static" / "icon.png"  # a local file: no icon fetched from the internet
 PAGE_SPECS = (("overview.py", "Overview", ":material/grid_view:"),
               ("compare.py", "Compare", ":material/scatter_plot:"),
               ("trends.py", "Trends", ":material/trending_up:"),
@@ -35,7 +36,7 @@ def welcome(problem: context.Unavailable) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="detbench", page_icon=":material/speed:", layout="wide")
+    st.set_page_config(page_title="detbench", page_icon=str(ICON), layout="wide")
     url = context.db_url()
     opened = context.open_results(url)
     if isinstance(opened, context.Unavailable):

@@ -1,5 +1,6 @@
 """The dashboard's tables as (columns, rows), built by ``harness.report`` so the CLI exports
-the same shapes, and download buttons for any of them (CSV / Markdown / HTML)."""
+the same shapes; the headline table (fastest backend · precision per batch and its AP cost);
+download buttons for any of them (CSV / Markdown / HTML / XLSX, each with the run header)."""
 from __future__ import annotations
 
 import math
@@ -11,6 +12,7 @@ import streamlit as st
 from harness import report
 
 from dashboard.analysis import pareto_front
+from dashboard.charts import config_color
 from dashboard.context import Context
 
 Table = tuple[list[str], list[dict]]
@@ -23,11 +25,43 @@ def cells_table(ctx: Context) -> Table:
 
 
 def classic_table(ctx: Context) -> Table:
-    return report.classic_columns(), report.classic_table(ctx.selected)
+    """Batch sizes and precisions of the whole run (not only the filtered cells), so the
+    columns stay put while filtering."""
+    batches, precisions = report.classic_axes(ctx.selected or ctx.cells)
+    return (report.classic_columns(batches, precisions),
+            report.classic_table(ctx.selected, batches, precisions))
+
+
+def headline_rows(ctx: Context, budget_points: float = report.DEFAULT_BUDGET_POINTS) -> Table:
+    return (list(report.HEADLINE_COLUMNS),
+            report.headline_table(ctx.selected, budget_points, reference_cells=ctx.cells))
+
+
+RUNS_EXTRA = ("gpu", "driver", "versions", "caveats")
 
 
 def runs_table(ctx: Context) -> Table:
-    return list(report.RUN_COLUMNS), [report.run_row(r) for r in ctx.runs]
+    """Every run with its hardware and caveats (stale running runs said so)."""
+    from dashboard.context import load_cells, stale_for
+
+    rows = []
+    for i, r in enumerate(ctx.runs):
+        row = report.run_row(r)
+        cells = load_cells(ctx.url, r.id) if i < RUNS_DETAILED else []
+        hw = report.hardware(r, cells)
+        notes = report.caveats(r, cells) if cells else []
+        stale = stale_for(r, cells) if cells else None
+        if stale:
+            row["status"] = "running (stale)"
+            notes.insert(0, f"stale: no activity for {stale / 3600:.1f} h")
+        rows.append({**row, "gpu": hw["gpu"] or ("CPU" if hw["cpu"] else None),
+                     "driver": hw["driver"], "versions": report.versions(r, cells) or None,
+                     "caveats": "; ".join(notes) or None})
+    return [*report.RUN_COLUMNS, *RUNS_EXTRA], rows
+
+
+#: runs whose cells are read for the runs table's hardware and caveats (newest first)
+RUNS_DETAILED = 50
 
 
 def failures_table(ctx: Context) -> Table:
@@ -41,8 +75,9 @@ def frontier_table(ctx: Context, x: str = "ms_per_image", y: str = "AP") -> Tabl
 
 #: name -> (label, builder)
 TABLES: dict[str, tuple[str, Callable[[Context], Table]]] = {
+    "headline": ("Headline: speed-up and ΔAP vs PyTorch fp32, per batch", headline_rows),
     "cells": ("Cells of the run (summary)", cells_table),
-    "classic": ("Classic table: batch 1 and 4 × fp32/fp16/int8", classic_table),
+    "classic": ("Classic table: the run's batch sizes × precisions", classic_table),
     "frontier": ("Pareto frontier (latency per image vs AP)", frontier_table),
     "failures": ("Failed and skipped cells", failures_table),
     "runs": ("All runs", runs_table),
@@ -74,11 +109,70 @@ def show(columns: list[str], rows: list[dict], *, height: int | str = "auto") ->
 
 
 def download_buttons(name: str, columns: list[str], rows: list[dict], *, title: str,
-                     stem: str) -> None:
-    """CSV, Markdown and HTML downloads of one table, side by side."""
-    formats = (("CSV", "csv", "text/csv", lambda: report.to_csv(rows, columns)),
-               ("Markdown", "md", "text/markdown", lambda: report.to_markdown(rows, columns)),
-               ("HTML", "html", "text/html", lambda: report.to_html(rows, columns, title=title)))
+                     stem: str, header: dict | None = None) -> None:
+    """CSV, Markdown, HTML and XLSX downloads of one table, side by side, each starting with
+    the run ``header`` (:func:`harness.report.run_header`)."""
+    formats = (("CSV", "csv", "text/csv", lambda: report.to_csv(rows, columns, header=header)),
+               ("Markdown", "md", "text/markdown",
+                lambda: report.to_markdown(rows, columns, header=header)),
+               ("HTML", "html", "text/html",
+                lambda: report.to_html(rows, columns, title=title, header=header)),
+               ("XLSX", "xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                lambda: report.to_xlsx({name: (columns, rows)}, header=header)))
     for col, (label, ext, mime, render) in zip(st.columns(len(formats)), formats):
         col.download_button(f"Download {label}", render(), file_name=f"{stem}-{name}.{ext}",
                             mime=mime, key=f"dl-{name}-{ext}", on_click="ignore", icon=":material/download:")
+
+
+# -- the headline table ---------------------------------------------------------------------------
+
+HEADLINE_SHOWN = {"swatch": "", "config": "backend · precision", "model": "model", "imgsz": "size",
+                  "nms": "NMS", "ms_per_image": "ms / image", "img_per_s": "images/s",
+                  "speedup": "speed-up", "AP": "AP", "dAP": "ΔAP", "dAP_pct": "ΔAP %", "flags": "note"}
+
+
+def headline_frame(rows: list[dict]) -> pd.DataFrame:
+    """Display strings of :func:`harness.report.headline_table` rows (one batch): numbers
+    formatted, ★ on the fastest cell within the AP budget, ⚠ on unstable latency; model /
+    size / NMS columns only when they vary."""
+    def num(v, spec):
+        return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+    shown = []
+    for r in rows:
+        flags = ("★ fastest within budget" if r["best"] else "") + (" ⚠ unstable" if r["unstable"] else "")
+        if r["status"] != "ok":
+            flags = r["status"]
+        ms = r["ms_per_image"]
+        shown.append({
+            "swatch": "", "config": f"{r['backend']} · {r['precision']}", "model": r["model"],
+            "imgsz": r["imgsz"], "nms": r["nms"],
+            "ms_per_image": "—" if ms is None else (f"{ms:.3f}" if ms < 1 else f"{ms:.2f}"),
+            "img_per_s": num(r["img_per_s"], ",.0f"),
+            "speedup": "—" if r["speedup"] is None else f"{r['speedup']:.2f}×",
+            "AP": num(r["AP"], ".4f"), "dAP": num(r["dAP"], "+.4f"),
+            "dAP_pct": "—" if r["dAP_pct"] is None else f"{r['dAP_pct']:+.2f} %",
+            "flags": flags.strip(), "_best": r["best"]})
+    frame = pd.DataFrame(shown, columns=[*HEADLINE_SHOWN, "_best"])
+    for k in ("model", "imgsz", "nms"):
+        if frame[k].nunique() <= 1:
+            frame = frame.drop(columns=k)
+    return frame
+
+
+def show_headline(rows: list[dict], key: str) -> None:
+    """One styled static table per batch size (a real HTML table: readable, printable, and
+    what the browser test checks): colour swatch per backend · precision, best row green."""
+    for batch in sorted({r["batch"] for r in rows}):
+        part = [r for r in rows if r["batch"] == batch]
+        frame = headline_frame(part)
+        best = list(frame.pop("_best"))
+        configs = list(frame["config"])
+        styler = (frame.rename(columns=HEADLINE_SHOWN).style.hide(axis="index")
+                  .apply(lambda col: [f"background-color: {config_color(c)}; width: 0.8rem"
+                                      for c in configs], subset=[""])
+                  .apply(lambda row: ["background-color: #dafbe1; font-weight: 600"
+                                      if best[row.name] else "" for _ in row], axis=1,
+                         subset=[c for c in frame.rename(columns=HEADLINE_SHOWN).columns if c != ""]))
+        st.markdown(f"**batch {batch}** · {len(part)} cells")
+        st.table(styler)
