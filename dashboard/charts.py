@@ -132,7 +132,8 @@ def matrix_heatmap(frame: pd.DataFrame, value: str) -> go.Figure:
         title = HEAT_TITLES.get(value) or (METRICS.get(value, value)
                                            + (" — lower is better" if reverse else ""))
     fig = go.Figure(trace)
-    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=height, margin=_MARGIN,
+    fig.update_layout(title=dict(text=title, font=dict(size=14), y=0.99, yanchor="top"),
+                      height=height + 30, margin=dict(_MARGIN, t=90),
                       yaxis=dict(autorange="reversed", type="category", automargin=True),
                       xaxis=dict(type="category", side="top"))
     return fig
@@ -169,8 +170,11 @@ def pareto_scatter(frame: pd.DataFrame, front: pd.DataFrame, x: str, y: str, *,
     batches = sorted(set(data["batch"]))
     fig = go.Figure()
     for config, part in data.groupby("config", sort=False):
+        fig.add_trace(go.Scatter(  # the legend entry: the colour alone, whatever the points' shapes
+            x=[None], y=[None], mode="markers", name=config, legendgroup=config,
+            marker=dict(size=11, color=config_color(config), symbol="circle")))
         fig.add_trace(go.Scatter(
-            x=part[x], y=part[y], mode="markers", name=config, legendgroup=config,
+            x=part[x], y=part[y], mode="markers", name=config, legendgroup=config, showlegend=False,
             marker=dict(size=12, color=config_color(config),
                         symbol=[symbol_of(b, n, batches) for b, n in zip(part["batch"], part["nms"])],
                         line=dict(width=[2.5 if u else 1 for u in part["unstable"].fillna(False)],

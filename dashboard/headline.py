@@ -13,7 +13,7 @@ BUDGETS = ["0.1", "0.5", "1", "2", "5"]
 def headline(ctx, key: str = "headline") -> None:
     """The headline table with its AP-budget picker (shared by Overview and Compare)."""
     budget = float(context.choice("AP budget (AP points lost at most)", BUDGETS, "budget",
-                                  index=BUDGETS.index("1"),
+                                  index=BUDGETS.index("1"), container=st.columns([1, 2])[0],
                                   help="the fastest cell whose AP is at most this many AP points "
                                        "(× 0.01 AP) below the PyTorch fp32 reference is starred"))
     columns, rows = tables.headline_rows(ctx, budget)

@@ -57,7 +57,8 @@ def runs_table(ctx: Context) -> Table:
         rows.append({**row, "gpu": hw["gpu"] or ("CPU" if hw["cpu"] else None),
                      "driver": hw["driver"], "versions": report.versions(r, cells) or None,
                      "caveats": "; ".join(notes) or None})
-    return [*report.RUN_COLUMNS, *RUNS_EXTRA], rows
+    first = ["id", "name", "created", "status", "gpu", "driver", "caveats"]
+    return [*first, *(c for c in (*report.RUN_COLUMNS, *RUNS_EXTRA) if c not in first)], rows
 
 
 #: runs whose cells are read for the runs table's hardware and caveats (newest first)
