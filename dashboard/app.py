@@ -24,6 +24,21 @@ PAGE_SPECS = (("overview.py", "Overview", ":material/grid_view:"),
               ("export.py", "Export", ":material/download:"))
 
 
+#: compact static tables (one line per row, scrolling sideways when the window is narrow) and a
+#: narrower sidebar below 1000 px, so the pages stay usable at 800 px
+STYLE = """<style>
+[data-testid="stTable"], [data-testid="stTable"] > div { overflow-x: auto !important; }
+[data-testid="stTableStyledTable"] { table-layout: auto !important; width: auto !important; }
+[data-testid="stTable"] :is(th, td), [data-testid="stTable"] :is(th, td) * {
+  white-space: nowrap !important; word-break: normal !important; }
+[data-testid="stTable"] :is(th, td) { padding: 0.3rem 0.5rem !important; }
+@media (max-width: 1000px) {
+  section[data-testid="stSidebar"] { width: 210px !important; min-width: 210px !important; }
+  [data-testid="stMainBlockContainer"] { padding-left: 1rem; padding-right: 1rem; }
+}
+</style>"""
+
+
 def welcome(problem: context.Unavailable) -> None:
     st.title("detbench dashboard")
     if problem.first_run:
@@ -37,6 +52,7 @@ def welcome(problem: context.Unavailable) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="detbench", page_icon=str(ICON), layout="wide")
+    st.html(STYLE)
     url = context.db_url()
     opened = context.open_results(url)
     if isinstance(opened, context.Unavailable):

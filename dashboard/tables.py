@@ -111,8 +111,10 @@ def show(columns: list[str], rows: list[dict], *, height: int | str = "auto") ->
 
 def download_buttons(name: str, columns: list[str], rows: list[dict], *, title: str,
                      stem: str, header: dict | None = None) -> None:
-    """CSV, Markdown, HTML and XLSX downloads of one table, side by side, each starting with
-    the run ``header`` (:func:`harness.report.run_header`)."""
+    """CSV, Markdown, HTML and XLSX download buttons (short labels: they fit at 800 px) for one
+    table, side by side, each file starting with the run ``header``
+    (:func:`harness.report.run_header`).  Files are made on click (deferred ``data``), so an
+    unclicked button costs the page nothing."""
     formats = (("CSV", "csv", "text/csv", lambda: report.to_csv(rows, columns, header=header)),
                ("Markdown", "md", "text/markdown",
                 lambda: report.to_markdown(rows, columns, header=header)),
@@ -121,7 +123,7 @@ def download_buttons(name: str, columns: list[str], rows: list[dict], *, title: 
                ("XLSX", "xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
                 lambda: report.to_xlsx({name: (columns, rows)}, header=header)))
     for col, (label, ext, mime, render) in zip(st.columns(len(formats)), formats):
-        col.download_button(f"Download {label}", render(), file_name=f"{stem}-{name}.{ext}",
+        col.download_button(label, render, file_name=f"{stem}-{name}.{ext}",
                             mime=mime, key=f"dl-{name}-{ext}", on_click="ignore", icon=":material/download:")
 
 
