@@ -297,7 +297,15 @@ def telemetry_chart(samples: list[dict]) -> go.Figure:
     fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True,
                         subplot_titles=[lbl for _, lbl in panels], vertical_spacing=0.06)
     for i, (key, lbl) in enumerate(panels, start=1):
-        fig.add_trace(go.Scatter(x=data["t_s"], y=data[key], mode="lines", name=lbl), row=i, col=1)
+        fig.add_trace(go.Scatter(x=data["t_s"], y=data[key], mode="lines", name=lbl,
+                                 hovertemplate="%{x:.2f} s: %{y:,.1f}<extra></extra>"), row=i, col=1)
+        lo, hi = float(data[key].min()), float(data[key].max())
+        pad = max(1.0, 0.02 * max(abs(lo), abs(hi)))
+        if hi - lo < pad:  # a flat signal: a sane axis instead of ticks at ±0.5 of one value
+            mid = (lo + hi) / 2
+            fig.update_yaxes(range=[mid - 2 * pad, mid + 2 * pad], row=i, col=1)
+        fig.update_yaxes(tickformat=",.0f" if max(abs(lo), abs(hi)) >= 10 else ",.1f", nticks=4,
+                         row=i, col=1)
     fig.update_xaxes(title_text="time in timed loop (s)", row=len(panels), col=1)
     fig.update_layout(height=150 * len(panels) + 80, showlegend=False, margin=_MARGIN,
                       title="NVML telemetry during the timed loop")

@@ -366,14 +366,18 @@ def test_b8_columns_on_the_h200_store(h200_server, browser):
         assert any(f"{int8_b8.latency['median_ms']:.4f}"[:6] in text for text in body)
         with page.expect_download() as download:  # the dashboard's XLSX, made on click
             page.locator('[data-testid="stDownloadButton"]').get_by_text("XLSX").first.click()
+        import io
+
         from openpyxl import load_workbook
 
-        book = load_workbook(download.value.path())
+        assert download.value.suggested_filename.endswith("-headline.xlsx")
+        book = load_workbook(io.BytesIO(Path(download.value.path()).read_bytes()))
         sheet = book.worksheets[0]
         header = {r[0]: r[1] for r in sheet.iter_rows(max_row=8, values_only=True)}
         assert "NVIDIA H200" in header["hardware"] and "torch 2.11.0" in header["versions"]
-        table = [r for r in sheet.iter_rows(min_row=10, values_only=True)]
-        assert {r[0] for r in table} == {1, 8}  # the headline's batch column: b1 and b8 rows
+        rows = list(sheet.iter_rows(values_only=True))
+        top = next(i for i, r in enumerate(rows) if r and r[0] == "batch")  # the column row
+        assert {r[0] for r in rows[top + 1:]} == {1, 8}  # b1 and b8 rows, numbers not text
         page.goto(h200_server + "/")
         _settle(page, charts=True)
         columns = page.evaluate("() => document.querySelector('.js-plotly-plot').data[0].x")

@@ -20,7 +20,8 @@ def main() -> None:
             "matrix": run.matrix_path or "—", "matrix hash": run.matrix_hash,
             **{k: v for k, v in report.run_header(run, ctx.cells).items()
                if k in ("hardware", "versions", "caveats")}}
-    st.dataframe(pd.DataFrame({"field": list(info), "value": list(info.values())}), hide_index=True)
+    st.dataframe(pd.DataFrame({"field": list(info), "value": list(info.values())}), hide_index=True,
+                 height=36 * (len(info) + 1) + 3)  # every field in view, no inner scrolling
     left, right = st.columns(2)
     with left.expander("environment", expanded=True):
         st.json(run.environment, expanded=1)
