@@ -179,8 +179,11 @@ def sidebar(url: str, store: Store) -> Context:
                     f"{'the latest finished run' if run.status == 'finished' else 'the latest run'}.")
     cells = load_cells(url, run.id)
     hw = report.hardware(run, cells)
+    flags = [f"⚠ random weights ({len(rnd)})" for rnd in [report.random_weights(cells)] if rnd]
+    flags += [f"⚠ {len(u)} unstable" for u in [report.unstable(cells)] if u]
     bar.caption(f"**{run.name}** · {run.created_at:%Y-%m-%d %H:%M} UTC · {run.status}  \n"
-                f"{hw['gpu'] or 'CPU only'}" + (f" · driver {hw['driver']}" if hw["gpu"] and hw["driver"] else ""))
+                f"{hw['gpu'] or 'CPU only'}" + (f" · driver {hw['driver']}" if hw["gpu"] and hw["driver"] else "")
+                + ("  \n" + " · ".join(flags) if flags else ""))
     stale = stale_for(run, cells)
     if stale:
         bar.warning(f"Stale: marked running but nothing happened for {_ago(stale)}.")

@@ -673,6 +673,7 @@ def test_latest_is_the_newest_finished_run_and_stale_runs_are_flagged(tmp_path, 
 
 def test_unknown_run_id_in_the_url_warns(app, db_url):
     at = _open(app, "overview", run="r20990101-000000-dead")
+    assert any("NVIDIA H100 80GB HBM3 · driver 560.35" in c.value for c in at.sidebar.caption)
     assert any("r20990101-000000-dead" in w.value and "does not exist" in w.value for w in at.warning)
     latest = Store(db_url, readonly=True).list_runs()[0]
     assert latest.id in _texts(at)
@@ -684,6 +685,7 @@ def test_random_weights_and_unstable_latency_warnings(tmp_path, monkeypatch):
     monkeypatch.setenv("DETBENCH_DB", url)
     at = _open(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "compare")
     assert any("Random weights" in w.value for w in at.warning)
+    assert any("⚠ random weights (4)" in c.value for c in at.sidebar.caption)  # the run picker
     _, run, cells = _cells(url)
     assert "random weights in 4 cell(s)" in report.run_header(run, cells)["caveats"]
 
