@@ -35,8 +35,8 @@ def main() -> None:
     classes = data.get("class_ap_delta")
     if isinstance(classes, list) and classes:
         st.plotly_chart(charts.class_delta_bars(classes), key="class-delta")
+    _draw_worst(ctx, cell, data)  # pictures first: they say more than the histograms
     render(data)
-    _draw_worst(ctx, cell, data)
     with st.expander("raw alignment data"):
         st.json(data, expanded=False)
 
@@ -107,8 +107,9 @@ def render(data: dict) -> None:
         st.dataframe(pd.DataFrame(worst), hide_index=True)
     scalars = {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool))}
     if scalars:
-        st.dataframe(pd.DataFrame({"field": list(scalars), "value": list(map(str, scalars.values()))}),
-                     hide_index=True)
+        with st.expander("every stored number of this record"):
+            st.dataframe(pd.DataFrame({"field": list(scalars),
+                                       "value": list(map(str, scalars.values()))}), hide_index=True)
 
 
 main()
