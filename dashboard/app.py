@@ -27,6 +27,14 @@ PAGE_SPECS = (("overview.py", "Overview", ":material/grid_view:"),
 #: compact static tables (one line per row, scrolling sideways when the window is narrow) and a
 #: narrower sidebar below 1000 px, so the pages stay usable at 800 px
 STYLE = """<style>
+.detbench-scroll { overflow-x: auto; margin-bottom: 0.8rem; }
+p.detbench-batch { margin: 0.2rem 0 0.35rem 0; }
+table.detbench-headline { border-collapse: collapse; font-size: 0.875rem; font-variant-numeric: tabular-nums; }
+table.detbench-headline th { text-align: left; font-weight: 400; color: rgba(49, 51, 63, 0.6); }
+table.detbench-headline :is(th, td) { border: 1px solid rgba(49, 51, 63, 0.1); padding: 0.3rem 0.55rem;
+  white-space: nowrap; }
+table.detbench-headline td.swatch { width: 0.8rem; padding: 0; }
+table.detbench-headline tr.best td:not(.swatch) { background: #dafbe1; font-weight: 600; }
 [data-testid="stTable"], [data-testid="stTable"] > div { overflow-x: auto !important; }
 [data-testid="stTableStyledTable"] { table-layout: auto !important; width: auto !important; }
 [data-testid="stTable"] :is(th, td), [data-testid="stTable"] :is(th, td) * {

@@ -10,8 +10,9 @@ from dashboard import context, tables
 BUDGETS = ["0.1", "0.5", "1", "2", "5"]
 
 
-def headline(ctx, key: str = "headline") -> None:
-    """The headline table with its AP-budget picker (shared by Overview and Compare)."""
+def headline(ctx, key: str = "headline", *, downloads: bool = True) -> None:
+    """The headline table with its AP-budget picker (shared by Overview and Compare; the
+    overview leaves the download buttons to Compare and Export, to stay light)."""
     budget = float(context.choice("AP budget (AP points lost at most)", BUDGETS, "budget",
                                   index=BUDGETS.index("1"), container=st.columns([1, 2])[0],
                                   help="the fastest cell whose AP is at most this many AP points "
@@ -27,5 +28,6 @@ def headline(ctx, key: str = "headline") -> None:
                f"batch. ★ = fastest cell losing at most **{budget:g} AP points**. NMS variants are "
                "ranked apart: with `nms: none` the model time excludes the host NMS.")
     tables.show_headline(rows, key)
-    tables.download_buttons("headline", columns, rows, title=f"detbench {ctx.run.id}: headline",
-                            stem=ctx.run.id, header=report.run_header(ctx.run, ctx.cells))
+    if downloads:
+        tables.download_buttons("headline", columns, rows, title=f"detbench {ctx.run.id}: headline",
+                                stem=ctx.run.id, header=report.run_header(ctx.run, ctx.cells))

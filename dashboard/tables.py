@@ -3,6 +3,7 @@ the same shapes; the headline table (fastest backend · precision per batch and 
 download buttons for any of them (CSV / Markdown / HTML / XLSX, each with the run header)."""
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Callable
 
@@ -163,19 +164,35 @@ def headline_frame(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
+def headline_html(rows: list[dict]) -> str:
+    """One batch's headline as a plain HTML table (``table.detbench-headline``, batch in
+    ``data-batch``): a colour swatch per backend · precision, the starred row green.  Plain
+    HTML, one element: a styled ``st.table`` renders every cell as Markdown, which costs the
+    browser seconds on a 100-cell run."""
+    frame = headline_frame(rows)
+    best = list(frame.pop("_best"))
+    esc = html.escape
+    head = "".join(f"<th>{esc(HEADLINE_SHOWN[c])}</th>" for c in frame.columns)
+    body = []
+    for i, record in enumerate(frame.to_dict("records")):
+        tds = []
+        for c, v in record.items():
+            if c == "swatch":
+                tds.append(f'<td class="swatch" style="background-color: {config_color(record["config"])}"></td>')
+            else:
+                tds.append(f'<td class="{c}">{esc(str(v))}</td>')
+        cls = ' class="best"' if best[i] else ""
+        body.append(f"<tr{cls}>{''.join(tds)}</tr>")
+    batch = rows[0]["batch"] if rows else ""
+    return (f'<div class="detbench-scroll"><table class="detbench-headline" data-batch="{batch}">'
+            f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+
+
 def show_headline(rows: list[dict], key: str) -> None:
-    """One styled static table per batch size (a real HTML table: readable, printable, and
-    what the browser test checks): colour swatch per backend · precision, best row green."""
+    """Every batch size's table (:func:`headline_html`) under its label, as one element."""
+    parts = []
     for batch in sorted({r["batch"] for r in rows}):
         part = [r for r in rows if r["batch"] == batch]
-        frame = headline_frame(part)
-        best = list(frame.pop("_best"))
-        configs = list(frame["config"])
-        styler = (frame.rename(columns=HEADLINE_SHOWN).style.hide(axis="index")
-                  .apply(lambda col: [f"background-color: {config_color(c)}; width: 0.8rem"
-                                      for c in configs], subset=[""])
-                  .apply(lambda row: ["background-color: #dafbe1; font-weight: 600"
-                                      if best[row.name] else "" for _ in row], axis=1,
-                         subset=[c for c in frame.rename(columns=HEADLINE_SHOWN).columns if c != ""]))
-        st.markdown(f"**batch {batch}** · {len(part)} cells")
-        st.table(styler)
+        parts.append(f'<p class="detbench-batch"><b>batch {batch}</b> · {len(part)} cells</p>'
+                     + headline_html(part))
+    st.html("".join(parts))

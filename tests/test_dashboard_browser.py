@@ -256,9 +256,8 @@ def test_filter_updates_the_url(server, browser):
 
 
 def _headline_tables(page) -> list[dict]:
-    """Every headline table on the page: ``{"batch": B, "rows": [{column: text}]}``."""
-    return page.evaluate("""() => [...document.querySelectorAll('[data-testid="stTable"] table')].map(t => {
-        const label = t.closest('[data-testid="stElementContainer"]').previousElementSibling;
+    """Every headline table on the page: ``{"label": "batch B", "rows": [{column: text}]}``."""
+    return page.evaluate("""() => [...document.querySelectorAll('table.detbench-headline')].map(t => {
         const head = [...t.querySelectorAll('thead th')].map(th => th.innerText.trim());
         const rows = [...t.querySelectorAll('tbody tr')].map(tr => {
             const cells = [...tr.querySelectorAll('td')];
@@ -266,7 +265,7 @@ def _headline_tables(page) -> list[dict]:
             head.forEach((h, i) => { out[h] = cells[i] ? cells[i].innerText.trim() : null; });
             out._swatch = cells[0] ? getComputedStyle(cells[0]).backgroundColor : null;
             return out; });
-        return {label: label ? label.innerText : '', rows}; })""")
+        return {label: 'batch ' + t.dataset.batch, rows}; })""")
 
 
 def _num(text: str) -> float | None:
@@ -486,7 +485,7 @@ def test_overview_cold_render_time_is_reported(tmp_path_factory, browser, capsys
             page = context.new_page()
             start = time.perf_counter()
             page.goto(base + "/")
-            page.wait_for_selector('[data-testid="stTable"] table', timeout=90_000)
+            page.wait_for_selector("table.detbench-headline", timeout=90_000)
             _settle(page, charts=True)
             times.append((attempt, time.perf_counter() - start - 1.0))  # _settle idles 1.0 s
             assert "108 of 108 cells" in page.inner_text('[data-testid="stMain"]')

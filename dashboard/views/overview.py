@@ -27,7 +27,7 @@ def main() -> None:
     counters(ctx)
 
     st.subheader("Fastest here, and what it costs in AP")
-    headline(ctx)
+    headline(ctx, downloads=False)
 
     st.subheader("Matrix")
     value = context.choice("Colour cells by", list(HEATMAP_VALUES), "heat")
