@@ -34,9 +34,9 @@ def cell_row(cell) -> dict:
 
 
 def _is_ap(column: str) -> bool:
-    """AP-like columns get 4 decimals: ``AP``, ``AP50``, ``AP_small``, ``b1 fp32 AP``..."""
+    """AP-like columns get 4 decimals: ``AP``, ``AP50``, ``AP_small``, ``b1 fp32 AP``, ``dAP``..."""
     last = column.split()[-1] if column.strip() else column
-    return last.startswith("AP")
+    return last.startswith("AP") or last == "dAP"
 
 
 def fmt(value, column: str = "") -> str:

@@ -345,7 +345,11 @@ def test_every_page_on_a_real_run(tmp_path, monkeypatch):
             assert any("No NVML telemetry" in i.value for i in at.info)
             assert len(at.get("plotly_chart")) >= 2
         if page == "alignment":  # the ONNX Runtime cell against its PyTorch reference
-            assert len(at.get("plotly_chart")) == 3
+            import json
+
+            titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+            assert "per-class ΔAP vs the reference" in titles and len(titles) == 4
+            assert any("against **yolov8_synth/pytorch/fp32" in m.value for m in at.markdown)
             cell = next(sb for sb in at.selectbox if sb.label == "Cell")
             assert cell.value == "yolov8_synth/onnxruntime/fp32/b1/s320/cpu/nms-none"
 
