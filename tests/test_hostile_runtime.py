@@ -1,0 +1,280 @@
+"""Hostile inputs at run time: bad checkpoint bytes, corrupted caches, a second executor of a run.
+
+Each table below is the place to add the next case.  The contract: a user error
+is one line naming the value and the fix; a cell-level problem fails the cell at
+the right stage with a short reason (library text to the log tail); a corrupted
+cache entry heals itself with a recorded warning; a live run is never executed
+twice, and a lock left by a dead process is taken over with a note.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+PG_URL = os.environ.get("DETBENCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+# ------------------------------------------------------------------------------------------ stores
+
+def _postgres_or_skip() -> str:
+    """A fresh PostgreSQL database on the CI server; skip only outside CI when none answers."""
+    try:
+        import psycopg  # noqa: F401
+        from sqlalchemy import create_engine, text
+
+        admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            name = f"detbench_hostile_{uuid.uuid4().hex[:10]}"
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+    except Exception as exc:
+        if IN_CI:
+            raise
+        pytest.skip(f"no PostgreSQL at {PG_URL} ({type(exc).__name__}: {str(exc)[:120]}); "
+                    "CI runs this with the server")
+    return name
+
+
+def _drop_postgres(name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'results.db'}"
+        return
+    name = _postgres_or_skip()
+    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    _drop_postgres(name)
+
+
+def _new_run(url: str) -> str:
+    from harness.store import Store
+
+    cell = dict(key="m/pytorch/fp32/b1", position=0, model="m", backend="pytorch", precision="fp32",
+                batch=1, imgsz=160, device="cpu", nms="none", params={})
+    with Store(url) as store:
+        return store.create_run(name="lock", matrix_path=None, matrix_hash="h", matrix_yaml="",
+                                git_sha=None, detbench_version="0", environment={}, cells=[cell])
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                                     os.environ.get("PYTHONPATH")]))}
+
+
+# ------------------------------------------------------------------------------------ the run lock
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from harness.store import Store
+    from harness.runner.run_lock import this_process
+    store = Store(sys.argv[1], create=False)
+    store.lock_run(sys.argv[2], this_process(), stale_after_s=120)
+    print("locked", flush=True)
+    time.sleep(600)
+""")
+
+RACE = textwrap.dedent("""
+    import sys, time
+    from harness.store import Store
+    from harness.store.locks import RunLocked
+    from harness.runner.run_lock import this_process
+    store = Store(sys.argv[1], create=False)
+    time.sleep(max(0.0, float(sys.argv[3]) - time.time()))
+    try:
+        store.lock_run(sys.argv[2], this_process(), stale_after_s=120)
+        print("won", flush=True)
+    except RunLocked as exc:
+        print("refused", exc, flush=True)
+    time.sleep(5)  # keep the lock's pid alive until every racer has tried
+""")
+
+
+def _holder_process(url: str, run_id: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, url, run_id], env=_env(),
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def _other_host(age_s: float):
+    """A holder on another host whose heartbeat is ``age_s`` old."""
+    from harness.store.cells import now
+    from harness.store.locks import LockHolder
+
+    return LockHolder("elsewhere.example", 4242, uuid.uuid4().hex, now() - timedelta(seconds=age_s))
+
+
+def _plant(url: str, run_id: str, holder) -> None:
+    from sqlalchemy import create_engine, update
+
+    from harness.store.schema import Run
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(update(Run).where(Run.id == run_id).values(
+            lock_token=holder.token, lock_host=holder.host, lock_pid=holder.pid,
+            lock_heartbeat_at=holder.heartbeat_at))
+    engine.dispose()
+
+
+#: (id, who holds the run when a second process asks, expected: "refused" or a takeover reason)
+LOCK_CASES = [
+    ("live-process-same-host", "live", "refused"),
+    ("killed-process-same-host", "killed", "no longer exists"),
+    ("other-host-fresh-heartbeat", "other-fresh", "refused"),
+    ("other-host-stale-heartbeat", "other-stale", "last heartbeat was"),
+    ("free", "nobody", None),
+]
+
+
+@pytest.mark.parametrize("holder_kind,expected", [c[1:] for c in LOCK_CASES],
+                         ids=[c[0] for c in LOCK_CASES])
+def test_run_lock_table(db_url, holder_kind, expected):
+    from harness.runner.run_lock import this_process
+    from harness.store import Store
+    from harness.store.locks import RunLocked
+
+    run_id = _new_run(db_url)
+    proc = None
+    if holder_kind in ("live", "killed"):
+        proc = _holder_process(db_url, run_id)
+        if holder_kind == "killed":
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    elif holder_kind.startswith("other"):
+        _plant(db_url, run_id, _other_host(5 if holder_kind == "other-fresh" else 3600))
+    me = this_process()
+    try:
+        with Store(db_url) as store:
+            if expected == "refused":
+                with pytest.raises(RunLocked) as refused:
+                    store.lock_run(run_id, me, stale_after_s=120)
+                message = str(refused.value)
+                assert "\n" not in message and run_id in message
+                pid, host = (proc.pid, socket.gethostname()) if proc else (4242, "elsewhere.example")
+                assert f"pid {pid} on host {host}" in message
+                assert store.run_lock_holder(run_id).pid == pid  # untouched
+                return
+            takeover = store.lock_run(run_id, me, stale_after_s=120)
+            if expected is None:
+                assert takeover is None
+            else:
+                assert expected in takeover.reason
+            assert store.run_lock_holder(run_id).token == me.token
+            assert store.heartbeat_run_lock(run_id, me.token)
+            assert store.unlock_run(run_id, me.token)
+            assert store.run_lock_holder(run_id) is None
+            assert not store.heartbeat_run_lock(run_id, me.token)  # released: no longer ours
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_run_lock_race_has_one_winner(db_url):
+    """Four processes ask for the same free run at the same instant: exactly one gets it."""
+    run_id = _new_run(db_url)
+    start = time.time() + 4.0
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, db_url, run_id, str(start)], env=_env(),
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    lines = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert sorted(line.split()[0] for line in lines) == ["refused"] * 3 + ["won"], lines
+
+
+LOCK_MATRIX = """
+name: lock
+models: [{name: yolov8_n, checkpoint: random}]
+backends: [pytorch]
+precisions: [fp32]
+batch_sizes: [1]
+image_sizes: [160]
+dataset: {synth: {images: 2, seed: 1, size: 160}}
+timing: {warmup: 0, iterations: 1, e2e: false}
+timeout_s: 600
+"""
+
+
+def _start_run(args, cwd, fault: str) -> subprocess.Popen:
+    env = {**_env(), "DETBENCH_FAULT": fault}
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_running(url: str, pid: int, proc: subprocess.Popen) -> str:
+    """The run id once ``pid`` holds a run's lock and a cell is running."""
+    from harness.store import Store
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            with Store(url, create=False) as store:
+                for run in store.list_runs():
+                    holder = store.run_lock_holder(run.id)
+                    if holder and holder.pid == pid and store.cells(run.id, status="running"):
+                        return run.id
+        except Exception:  # the first process is still creating the database
+            pass
+        time.sleep(0.5)
+    raise AssertionError("the first `detbench run` never started its cell")
+
+
+def test_resume_of_a_live_run_is_refused_then_a_dead_ones_is_taken_over(db_url, tmp_path):
+    """Two real `detbench run` processes: refusal while the first lives, release on SIGTERM,
+    takeover (with a note) after a SIGKILL."""
+    (tmp_path / "m.yaml").write_text(LOCK_MATRIX)
+    cache = str(tmp_path / "cache")
+    first = _start_run(["run", "m.yaml", "--db", db_url, "--cache-dir", cache], tmp_path,
+                       "yolov8_n@load:hang")
+    run_id = _wait_for_running(db_url, first.pid, first)
+
+    second = run_cli("run", "--resume", run_id, "--db", db_url, "--cache-dir", cache, cwd=tmp_path,
+                     timeout=120)
+    assert second.returncode == 2
+    assert second.stderr.strip().count("\n") == 0, second.stderr
+    assert run_id in second.stderr and f"pid {first.pid} on host {socket.gethostname()}" in \
+        second.stderr and "Traceback" not in second.stderr
+
+    first.send_signal(signal.SIGTERM)  # a terminated executor releases the lock
+    first.communicate(timeout=60)
+    from harness.store import Store
+
+    with Store(db_url, create=False) as store:
+        assert store.run_lock_holder(run_id) is None
+
+    again = _start_run(["run", "--resume", run_id, "--db", db_url, "--cache-dir", cache], tmp_path,
+                       "yolov8_n@load:hang")
+    _wait_for_running(db_url, again.pid, again)
+    again.send_signal(signal.SIGKILL)  # no chance to release: the lock stays, its pid is gone
+    again.communicate(timeout=60)
+    with Store(db_url, create=False) as store:
+        assert store.run_lock_holder(run_id).pid == again.pid
+
+    third = run_cli("run", "--resume", run_id, "--db", db_url, "--cache-dir", cache, cwd=tmp_path,
+                    env={"DETBENCH_FAULT": "yolov8_n@load:raise"}, timeout=300)
+    assert third.returncode == 3, third.stderr  # it ran: the cell failed by the injected fault
+    assert f"took over the lock of pid {again.pid} on host {socket.gethostname()}" in third.stderr
+    with Store(db_url, create=False) as store:
+        assert store.run_lock_holder(run_id) is None
+        assert [c.status for c in store.cells(run_id)] == ["failed"]
