@@ -345,3 +345,132 @@ def test_e2e_median_below_model_median_is_flagged(model, e2e, fires):
     from harness.measure.host import impossible_e2e_warning
 
     assert bool(impossible_e2e_warning(model, e2e)) is fires
+
+
+# -------------------------------------------------------------------------------- checkpoints
+
+FIXTURE = ROOT / "fixtures" / "yolov8_synth"
+
+
+class _NotAllowed:  # a class weights_only=True refuses to unpickle
+    pass
+
+
+def _ckpt_zero(tmp):
+    path = tmp / "zero.pth"
+    path.write_bytes(b"")
+    return path
+
+
+def _ckpt_random(tmp):
+    path = tmp / "random.pth"
+    path.write_bytes(bytes(range(7, 256)) * 40)
+    return path
+
+
+def _ckpt_onnx(tmp):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp / "model.pth"  # an ONNX file under a checkpoint's name
+    onnx.save(helper.make_model(graph, producer_name="pytorch"), str(path))
+    return path
+
+
+def _ckpt_truncated_zip(tmp):
+    import torch
+
+    path = tmp / "cut.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, str(path))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def _ckpt_zip_without_pickle(tmp):
+    import zipfile
+
+    path = tmp / "other.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("readme.txt", "not a checkpoint")
+    return path
+
+
+def _ckpt_damaged_pickle(tmp):
+    path = tmp / "legacy.pth"
+    path.write_bytes(b"\x80\x02" + bytes(range(200, 256)) * 10)
+    return path
+
+
+def _ckpt_pickled_object(tmp):
+    import torch
+
+    path = tmp / "full.pth"
+    torch.save({"state_dict": {}, "hub": _NotAllowed()}, str(path))
+    return path
+
+
+#: (id, make the file, reason found at plan time (None: only torch.load can tell), reason at load)
+CHECKPOINT_CASES = [
+    ("zero-bytes", _ckpt_zero, "is empty (0 bytes)", "is empty (0 bytes)"),
+    ("random-bytes", _ckpt_random, "not a PyTorch checkpoint: unknown format", "unknown format"),
+    ("onnx-file", _ckpt_onnx, "looks like an ONNX model", "looks like an ONNX model"),
+    ("truncated-zip", _ckpt_truncated_zip, "zip archive is truncated or damaged", "truncated"),
+    ("zip-without-data-pkl", _ckpt_zip_without_pickle, "without data.pkl", "without data.pkl"),
+    ("damaged-legacy-pickle", _ckpt_damaged_pickle, None, "damaged or not a PyTorch checkpoint"),
+    ("pickle-refused-by-weights-only", _ckpt_pickled_object, None, "trust_checkpoint: true"),
+]
+
+
+@pytest.mark.parametrize("make,at_plan,at_load", [c[1:] for c in CHECKPOINT_CASES],
+                         ids=[c[0] for c in CHECKPOINT_CASES])
+def test_checkpoint_table(tmp_path, make, at_plan, at_load):
+    pytest.importorskip("torch", reason="torch.load is what reads checkpoints (extra mmyolo)")
+    from harness.errors import UserError
+    from harness.models import checkpoint
+
+    path = make(tmp_path)
+    found = checkpoint.sniff(path)
+    assert (found is None) if at_plan is None else (at_plan in found), found
+    with pytest.raises(UserError) as refused:
+        checkpoint.load(path, trust_checkpoint=False)
+    message = str(refused.value)
+    assert at_load in message and "\n" not in message and len(message) < 400, message
+    # the unsafe setting is advised only for a valid pickle that weights_only refused
+    assert ("trust_checkpoint" in message) is (make is _ckpt_pickled_object)
+
+
+def test_bad_checkpoint_is_refused_before_any_cell_runs(tmp_path):
+    """Plan-time: `detbench run` names the matrix path and the reason, exit 2, no traceback."""
+    bad = _ckpt_onnx(tmp_path)
+    (tmp_path / "m.yaml").write_text(LOCK_MATRIX.replace(
+        "{name: yolov8_n, checkpoint: random}", f"{{name: yolov8_n, checkpoint: {bad}}}"))
+    r = run_cli("run", "m.yaml", "--db", f"sqlite:///{tmp_path / 'r.db'}", "--cache-dir",
+                tmp_path / "cache", cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "models[0].checkpoint" in r.stderr and "looks like an ONNX model" in r.stderr
+
+
+def test_architecture_mismatch_is_a_short_reason_with_the_full_text_in_the_log(tmp_path):
+    """The fixture's weights (3 classes) under the 80-class yolov8_n config: the cell fails at
+    load with one short line; every differing tensor is listed in the log tail."""
+    pytest.importorskip("mmyolo", reason="builds an mmyolo model (extra mmyolo)")
+    (tmp_path / "m.yaml").write_text(LOCK_MATRIX.replace(
+        "{name: yolov8_n, checkpoint: random}",
+        f"{{name: yolov8_n, checkpoint: {FIXTURE / 'yolov8_synth.pth'}}}"))
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    r = run_cli("run", "m.yaml", "--db", db, "--cache-dir", tmp_path / "cache", cwd=tmp_path,
+                timeout=600)
+    assert r.returncode == 3, r.stderr
+    from harness.store import Store
+
+    with Store(db, readonly=True) as store:
+        (cell,) = store.cells("latest")
+    assert cell.status == "failed" and cell.stage == "load"
+    assert cell.error.startswith(f"checkpoint '{FIXTURE / 'yolov8_synth.pth'}' does not match the "
+                                 "config: ") and "tensors differ in shape, e.g. " in cell.error
+    assert "\n" not in cell.error and len(cell.error) < 400, cell.error
+    assert "size mismatch" not in cell.error
+    assert cell.log_tail.count(": checkpoint [") >= 2  # the full list went to the log
