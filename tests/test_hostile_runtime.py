@@ -474,3 +474,168 @@ def test_architecture_mismatch_is_a_short_reason_with_the_full_text_in_the_log(t
     assert "\n" not in cell.error and len(cell.error) < 400, cell.error
     assert "size mismatch" not in cell.error
     assert cell.log_tail.count(": checkpoint [") >= 2  # the full list went to the log
+
+
+# ----------------------------------------------------------------------------- corrupted caches
+
+def _tiny_onnx(path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4], [1.0, 2.0, 3.0, 4.0])
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _export_entry(tmp: Path, calls: list, monkeypatch):
+    from harness.export.onnx_export import export_cached
+
+    def build(path: Path):
+        calls.append(path)
+        _tiny_onnx(path)
+        return {"made": len(calls)}
+
+    return lambda: export_cached(tmp / "onnx", {"config": "c", "checkpoint": "random"}, build)
+
+
+def _fp16_entry(tmp: Path, calls: list, monkeypatch):
+    from harness.export import fp16
+
+    src = tmp / "fp32.onnx"
+    _tiny_onnx(src)
+    for name in ("_onnxruntime", "_modelopt"):
+        real = getattr(fp16, name)
+        monkeypatch.setattr(fp16, name, lambda a, b, real=real: calls.append(b) or real(a, b))
+    return lambda: fp16.to_fp16(src, tmp)[0]
+
+
+def _calibration_entry(tmp: Path, calls: list, monkeypatch):
+    """The calibration cache (tensor ranges) of a one-Conv graph, int8 Q/DQ by ONNX Runtime."""
+    import types
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from harness.calibration import qdq
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["images", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 6])], [w])
+    src = tmp / "conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    batches = [rng.standard_normal((1, 3, 8, 8)).astype(np.float32) for _ in range(2)]
+    calib = types.SimpleNamespace(batches=batches, sha256="c" * 64, images=2, source="test")
+    real = qdq._write_ranges
+    monkeypatch.setattr(qdq, "_write_ranges", lambda *a: calls.append(a[-1]) or real(*a))
+    return lambda: Path(qdq.quantize_qdq(src, calib, "minmax", 99.9, tmp)[1]["calibration_cache"])
+
+
+def _engine_entry(tmp: Path, calls: list, monkeypatch):
+    from harness.trt.cache import cached_engine
+
+    def build():
+        calls.append(1)
+        return b"engine-bytes-" * 100
+
+    return lambda: cached_engine(tmp / "engines", "fp16_b1_test", build)
+
+
+def _truncate(path: Path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_byte(path: Path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _empty(path: Path):
+    path.write_bytes(b"")
+
+
+def _lose_record(path: Path):
+    from harness.cache import sidecar
+
+    sidecar(path).unlink()
+
+
+#: (id, corruption) × (id, cache) — every cached artifact heals from every corruption
+CORRUPTIONS = [("truncated", _truncate), ("one-byte-flipped", _flip_byte), ("emptied", _empty),
+               ("sha256-record-lost", _lose_record)]
+CACHES = [("exported-onnx", _export_entry), ("fp16-onnx", _fp16_entry),
+          ("calibration-ranges", _calibration_entry), ("trt-engine", _engine_entry)]
+
+
+@pytest.mark.parametrize("corrupt", [c[1] for c in CORRUPTIONS], ids=[c[0] for c in CORRUPTIONS])
+@pytest.mark.parametrize("entry", [c[1] for c in CACHES], ids=[c[0] for c in CACHES])
+def test_corrupted_cache_entry_heals_itself(tmp_path, monkeypatch, entry, corrupt):
+    pytest.importorskip("onnx", reason="the cached artifacts are ONNX graphs (extra onnx)")
+    from harness import cache
+
+    if entry is _engine_entry and corrupt is _lose_record:
+        corrupt = lambda p: p.with_suffix(".json").write_text("{not json")  # noqa: E731
+    cache.drain_warnings()
+    calls = []
+    get = entry(tmp_path, calls, monkeypatch)
+    first = get()
+    good = first.read_bytes()
+    assert get() == first and len(calls) == 1 and not cache.drain_warnings()  # a verified hit
+    corrupt(first)
+    again = get()
+    assert again == first and len(calls) == 2 and again.read_bytes() == good
+    (warning,) = cache.drain_warnings()
+    assert warning.startswith(f"cache entry {first} was corrupted (") and \
+        warning.endswith("deleted and rebuilt")
+    assert get() == first and len(calls) == 2  # healed: a hit again
+    if entry is not _engine_entry:
+        assert cache.sidecar(first).read_text().split()[0] == cache.file_hash(first)
+
+
+def test_worker_records_cache_heals_as_cell_warnings(tmp_path):
+    """A heal inside a cell's process reaches the cell's warnings (the worker drains them)."""
+    from harness import cache
+    from harness.runner import worker
+
+    cache.drain_warnings()
+    cache.warn("cache entry x was corrupted (test): deleted and rebuilt")
+    (tmp_path / "cell.json").write_text('{"key": "k", "cache_dir": "%s", "backend": "nope"}' % tmp_path)
+    worker.run_cell = lambda ctx, stages: {"status": "ok", "warnings": ["w"]}  # the cell itself is not under test
+    try:
+        worker.main([str(tmp_path)])
+    finally:
+        import importlib
+
+        importlib.reload(worker)
+    import json
+
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["warnings"] == ["w", "cache entry x was corrupted (test): deleted and rebuilt"]
+
+
+@pytest.mark.slow
+def test_a_truncated_cached_onnx_heals_in_a_real_run(tmp_path):
+    """The issue's case: the cached export of a run cut short; the next run rebuilds it, the cell
+    is ok and says so in its warnings."""
+    pytest.importorskip("mmyolo", reason="exports an mmyolo model (extras mmyolo, onnx)")
+    pytest.importorskip("onnxruntime", reason="runs the cell on ONNX Runtime (extra onnx)")
+    (tmp_path / "m.yaml").write_text(LOCK_MATRIX.replace("backends: [pytorch]", "backends: [onnxruntime]"))
+    db, cache_dir = f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "cache"
+    first = run_cli("run", "m.yaml", "--db", db, "--cache-dir", cache_dir, cwd=tmp_path, timeout=600)
+    assert first.returncode == 0, first.stderr
+    (onnx_file,) = (cache_dir / "onnx").glob("*.onnx")
+    onnx_file.write_bytes(onnx_file.read_bytes()[:1000])
+    second = run_cli("run", "m.yaml", "--db", db, "--cache-dir", cache_dir, cwd=tmp_path, timeout=600)
+    assert second.returncode == 0, second.stderr
+    from harness.store import Store
+
+    with Store(db, readonly=True) as store:
+        (cell,) = store.cells("latest")
+    assert cell.status == "ok"
+    assert any(w.startswith(f"cache entry {onnx_file} was corrupted") for w in cell.warnings)
+    assert onnx_file.stat().st_size > 1000
