@@ -639,3 +639,58 @@ def test_a_truncated_cached_onnx_heals_in_a_real_run(tmp_path):
     assert cell.status == "ok"
     assert any(w.startswith(f"cache entry {onnx_file} was corrupted") for w in cell.warnings)
     assert onnx_file.stat().st_size > 1000
+
+
+# -------------------------------------------------------------------- undefined COCO statistics
+
+def _coco_without_small_objects(tmp: Path) -> Path:
+    import json
+
+    images = [{"id": i, "file_name": f"{i}.png", "width": 320, "height": 320} for i in (1, 2)]
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [10, 10, 200, 200], "area": 40000.0,
+             "iscrowd": 0} for i in (1, 2)]
+    path = tmp / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns,
+                                "categories": [{"id": 1, "name": "box"}, {"id": 2, "name": "absent"}]}))
+    return path
+
+
+@pytest.mark.parametrize("found", [True, False], ids=["detections", "no-detections"])
+def test_undefined_coco_statistics_are_none_and_shown_as_a_dash(tmp_path, found):
+    """pycocotools' -1 (no small or medium objects at all; a class with no ground truth) is
+    None in the metrics, NULL in the store and "—" in show/export — never 0."""
+    from harness import report
+    from harness.evaluate.coco_eval import evaluate
+    from harness.store import Store
+
+    ann = _coco_without_small_objects(tmp_path)
+    dets = [{"image_id": i, "category_id": 1, "bbox": [10, 10, 200, 200], "score": 0.9}
+            for i in (1, 2)] if found else []
+    coco = evaluate(ann, dets, [1, 2])
+    stats = coco["stats"]
+    assert stats["AP_small"] is None and stats["AP_medium"] is None and stats["AR_small"] is None
+    assert stats["AP_large"] == (1.0 if found else 0.0) and stats["AP"] == (1.0 if found else 0.0)
+    if found:
+        assert {r["class_name"]: r["ap"] for r in coco["per_class"]} == {"box": 1.0, "absent": None}
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    run_id = _new_run(url)
+    with Store(url) as store:
+        (cell,) = store.cells(run_id)
+        store.record_result(cell.id, status="ok", metrics=stats, class_ap=coco["per_class"])
+        (cell,) = store.cells(run_id)
+        assert cell.metrics["AP_small"] is None
+        classes = {r["class_name"]: r["ap"] for r in store.class_ap(cell.id)}
+        assert classes == ({"absent": None, "box": 1.0} if found else {})
+    row = {**report.cell_row(cell), "AP_small": cell.metrics["AP_small"]}
+    assert "| — |" in report.to_markdown([row], ["model", "AP_small"])
+    assert report.fmt(cell.metrics["AP_small"], "AP_small") == "—"
+    import json
+
+    assert json.loads(report.to_json(store_run(url, run_id), [cell]))["cells"][0]["metrics"]["AP_small"] is None
+
+
+def store_run(url, run_id):
+    from harness.store import Store
+
+    with Store(url, readonly=True) as store:
+        return store.get_run(run_id)
