@@ -694,3 +694,56 @@ def store_run(url, run_id):
 
     with Store(url, readonly=True) as store:
         return store.get_run(run_id)
+
+
+# ------------------------------------------------------------------------- detbench's own git sha
+
+GIT_SHA = "from harness.measure.provenance import git_sha; print(git_sha())"
+
+
+def _git(*args, cwd):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+@pytest.fixture
+def other_repo(tmp_path):
+    repo = tmp_path / "someone_elses_project"
+    repo.mkdir()
+    _git("init", "-q", cwd=repo)
+    (repo / "f.txt").write_text("x")
+    _git("add", "f.txt", cwd=repo)
+    _git("commit", "-q", "-m", "theirs", cwd=repo)
+    return repo, _git("rev-parse", "HEAD", cwd=repo)
+
+
+def _sha_seen(cwd, pythonpath, **env):
+    clean = {k: v for k, v in os.environ.items() if k not in ("DETBENCH_GIT_SHA", "PYTHONPATH")}
+    r = subprocess.run([sys.executable, "-c", GIT_SHA], cwd=cwd, capture_output=True, text=True,
+                       env={**clean, "PYTHONPATH": str(pythonpath), **env}, check=True)
+    return r.stdout.strip()
+
+
+def test_git_sha_is_detbenchs_own_from_inside_another_repository(other_repo):
+    repo, theirs = other_repo
+    ours = _git("rev-parse", "HEAD", cwd=ROOT)
+    seen = _sha_seen(repo, ROOT)
+    assert seen.removesuffix("-dirty") == ours != theirs
+    # inside a git hook GIT_DIR points at the other repository: still ours
+    assert _sha_seen(repo, ROOT, GIT_DIR=str(repo / ".git")).removesuffix("-dirty") == ours
+
+
+def test_an_installed_copy_inside_another_repository_does_not_take_its_sha(other_repo):
+    """A non-editable install in a project's virtualenv: the project's sha is not detbench's."""
+    import shutil
+
+    repo, theirs = other_repo
+    site = repo / ".venv" / "site-packages"
+    shutil.copytree(ROOT / "harness", site / "harness",
+                    ignore=shutil.ignore_patterns("__pycache__", "_build_sha.txt"))
+    assert _sha_seen(repo, site) == "None"
+    (site / "harness" / "_build_sha.txt").write_text("0123abcd" * 5 + "\n")  # what setup.py writes
+    assert _sha_seen(repo, site) == "0123abcd" * 5
