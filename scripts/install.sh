@@ -12,5 +12,5 @@ fi
 # The dashboard's browser test drives Debian's Chromium through Playwright (never `playwright install`).
 if [ "${DETBENCH_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) >/dev/null 2>&1 \
-    || echo "install.sh: chromium could not be installed; the browser test will skip and say why" >&2
+    || echo "install.sh: chromium could not be installed; the browser test will skip and say why (and fail in CI)" >&2
 fi
