@@ -34,3 +34,27 @@ def test_committed_store_opens_with_show_and_the_store_api(path):
         assert json.loads(shown.stdout)["run"]["id"] == run.id
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
     assert not path.with_name(path.name + "-wal").exists()
+
+
+def test_device_wheels_pin_what_the_committed_gpu_stores_record():
+    """scripts/fetch_device_wheels.sh fetches, for the GPU scripts, the versions the committed
+    GPU runs recorded in their environment, every one with a sha256."""
+    import re
+
+    from harness.store import Store
+
+    pins = {}
+    for name in ("device_wheels.txt", "device_wheels_ort.txt"):
+        for line in (ROOT / "scripts" / name).read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                match = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+) --hash=sha256:([0-9a-f]{64})", line)
+                assert match, line
+                pins[match[1].lower()] = match[2]
+    recorded = {}
+    for path in STORES:
+        with Store(f"sqlite:///{path}", readonly=True) as store:
+            for run in store.list_runs():
+                recorded.update(run.environment.get("packages", {}))
+    for package in ("mmcv-lite", "mmengine", "mmdet", "mmyolo", "pycocotools", "onnxruntime-gpu"):
+        assert pins[package] == recorded[package], package
+    assert "onnxslim" not in pins  # the committed runs exported without it
