@@ -202,6 +202,26 @@ def test_run_lock_race_has_one_winner(db_url):
     assert sorted(line.split()[0] for line in lines) == ["refused"] * 3 + ["won"], lines
 
 
+def test_a_taken_over_lock_stops_the_executor_before_its_next_cell(db_url):
+    """If our heartbeat was so late that another process took the run over, we stop."""
+    from harness.errors import UserError
+    from harness.runner.run_lock import hold_run_lock
+    from harness.store import Store
+
+    run_id = _new_run(db_url)
+    with Store(db_url) as store:
+        with hold_run_lock(store, run_id, heartbeat_s=0.1) as held:
+            held.check()  # ours: nothing happens
+            intruder = _other_host(0)
+            _plant(db_url, run_id, intruder)
+            deadline = time.monotonic() + 30
+            while not held.lost and time.monotonic() < deadline:
+                time.sleep(0.1)
+            with pytest.raises(UserError, match=f"run {run_id}: another process took over"):
+                held.check()
+        assert store.run_lock_holder(run_id).token == intruder.token  # not released: not ours
+
+
 LOCK_MATRIX = """
 name: lock
 models: [{name: yolov8_n, checkpoint: random}]
@@ -260,6 +280,14 @@ def test_resume_of_a_live_run_is_refused_then_a_dead_ones_is_taken_over(db_url, 
     first.communicate(timeout=60)
     from harness.store import Store
 
+    with Store(db_url, create=False) as store:
+        assert store.run_lock_holder(run_id) is None
+
+    interrupted = _start_run(["run", "--resume", run_id, "--db", db_url, "--cache-dir", cache],
+                             tmp_path, "yolov8_n@load:hang")
+    _wait_for_running(db_url, interrupted.pid, interrupted)
+    interrupted.send_signal(signal.SIGINT)  # Ctrl-C releases it too
+    interrupted.communicate(timeout=60)
     with Store(db_url, create=False) as store:
         assert store.run_lock_holder(run_id) is None
 

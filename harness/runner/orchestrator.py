@@ -66,17 +66,19 @@ def execute(store, run_id: str, cache_dir: Path, *, force: bool = False,
     before anything changes; a lock left by a dead process is taken over with a
     ``note`` event.
     """
-    with hold_run_lock(store, run_id, note=lambda text: on_event("note", {"text": text})):
-        return _execute_locked(store, run_id, cache_dir, force=force, on_event=on_event)
+    with hold_run_lock(store, run_id, note=lambda text: on_event("note", {"text": text})) as lock:
+        return _execute_locked(store, run_id, cache_dir, force=force, on_event=on_event,
+                               lock=lock)
 
 
 def _execute_locked(store, run_id: str, cache_dir: Path, *, force: bool,
-                    on_event: Callable[[str, dict], None]) -> list[Outcome]:
+                    on_event: Callable[[str, dict], None], lock) -> list[Outcome]:
     todo = store.cells_to_run(run_id, force=force)
     on_event("start", {"total": len(todo)})
     outcomes = []
     try:
         for cell in todo:
+            lock.check()
             on_event("cell", {"key": cell.key, "stage": "starting"})
             store.mark_running(cell.id)
             outcome = run_one(store, run_id, cell, cache_dir,

@@ -15,13 +15,29 @@ import signal
 import socket
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from harness.errors import UserError
 from harness.store.locks import LockHolder
 
 HEARTBEAT_S = 10.0
 #: a holder on another host whose heartbeat is older than this is presumed dead
 STALE_AFTER_S = float(os.environ.get("DETBENCH_LOCK_STALE_S", 120.0))
+
+
+@dataclass
+class HeldLock:
+    """The lock this process holds; ``lost`` gets a reason if another process took it over."""
+
+    holder: LockHolder
+    run_id: str
+    lost: list = field(default_factory=list)
+
+    def check(self) -> None:
+        """Stop before the next cell when the lock was taken over (our heartbeat was too late)."""
+        if self.lost:
+            raise UserError(f"run {self.run_id}: {self.lost[0]}; stopped before running more cells")
 
 
 def this_process() -> LockHolder:
@@ -31,27 +47,26 @@ def this_process() -> LockHolder:
 @contextmanager
 def hold_run_lock(store, run_id: str, *, note: Callable[[str], None] = lambda text: None,
                   heartbeat_s: float = HEARTBEAT_S, stale_after_s: float = STALE_AFTER_S
-                  ) -> Iterator[LockHolder]:
+                  ) -> Iterator[HeldLock]:
     me = this_process()
     takeover = store.lock_run(run_id, me, stale_after_s=stale_after_s)
     if takeover is not None:
         note(f"run {run_id}: took over the lock of {takeover.previous.describe()}: "
              f"{takeover.reason}")
     stop = threading.Event()
-    lost = []
+    held = HeldLock(me, run_id)
+    lost = held.lost
     thread = threading.Thread(target=_heartbeat, args=(store, run_id, me.token, heartbeat_s, stop, lost),
                               name="detbench-run-lock", daemon=True)
     thread.start()
     restore = _sigterm_raises()
     try:
-        yield me
+        yield held
     finally:
         stop.set()
         thread.join()
         store.unlock_run(run_id, me.token)
         restore()
-    if lost:
-        note(f"run {run_id}: {lost[0]}")
 
 
 def _heartbeat(store, run_id: str, token: str, every_s: float, stop: threading.Event,
