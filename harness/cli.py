@@ -117,9 +117,13 @@ def cmd_run(args) -> int:
     store = _store(args)
     cache = Path(args.cache_dir).resolve()
     run_id = store.get_run(args.resume).id if args.resume else orchestrator.create_run(store, args.matrix, cache)
-    print(f"run {run_id}  (store {args.db})", file=sys.stderr)
     with RunProgress() as progress:
-        orchestrator.execute(store, run_id, cache, force=args.force, on_event=progress.event)
+        def on_event(kind: str, data: dict) -> None:
+            if kind == "start":  # printed once the run's lock is held: a refusal is one line
+                progress.progress.console.print(f"run {run_id}  (store {args.db})", highlight=False)
+            progress.event(kind, data)
+
+        orchestrator.execute(store, run_id, cache, force=args.force, on_event=on_event)
     cells = store.cells(run_id)
     print_summary(store.get_run(run_id), cells)
     return EXIT_FAILED_CELLS if any(c.status == "failed" for c in cells) else EXIT_OK

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from harness import cache
 from harness.measure.provenance import file_hash
 
 SETTINGS = {"quant_format": "QDQ", "activation_type": "QInt8", "weight_type": "QInt8",
@@ -34,12 +35,10 @@ def quantize_qdq(fp32_onnx: Path, calib, method: str, percentile: float, cache_d
     key = hashlib.sha256(json.dumps([file_hash(fp32_onnx), calib.sha256, opts, SETTINGS,
                                      onnxruntime.__version__]).encode()).hexdigest()[:20]
     folder = Path(cache_dir) / "int8"
-    folder.mkdir(parents=True, exist_ok=True)
-    out, ranges = folder / f"{key}.qdq.onnx", folder / f"{key}.calib.json"
-    if not ranges.is_file():
-        _write_ranges(fp32_onnx, calib, method, percentile, ranges)
-    if not out.is_file():
-        _quantize(fp32_onnx, method, ranges, out)
+    ranges = cache.cached(folder / f"{key}.calib.json",
+                          lambda staged: _write_ranges(fp32_onnx, calib, method, percentile, staged))
+    out = cache.cached(folder / f"{key}.qdq.onnx",
+                       lambda staged: _quantize(fp32_onnx, method, ranges, staged))
     info = {"calibration_method": method, **opts, "calibration_images": calib.images,
             "calibration_source": calib.source, "calibration_data_sha256": calib.sha256,
             "calibration_cache": str(ranges), "calibration_cache_sha256": file_hash(ranges),

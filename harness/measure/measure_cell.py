@@ -7,6 +7,10 @@ Both use the same fixed batch: the first ``batch`` images, repeated if needed.
 """
 from __future__ import annotations
 
+import contextlib
+
+from harness.measure.host import contention_warnings, impossible_e2e_warning
+from harness.measure.host import sampler as host_sampler
 from harness.measure.stats import summarize
 from harness.measure.timing import TimingPlan, time_calls, time_end_to_end
 
@@ -25,14 +29,20 @@ def measure(runner, pre, images: list, ids: list, cell: dict) -> dict:
     sampler, why = _sampler(device)
     if why:
         warnings.append(f"no NVML telemetry: {why}")
-    with runner.timing_context():
-        if sampler is not None:
-            with sampler:
+    host, why = host_sampler()
+    if why:
+        warnings.append(why)
+    with host or contextlib.nullcontext():
+        with runner.timing_context():
+            if sampler is not None:
+                with sampler:
+                    model_ms = time_calls(forward, plan, device)
+                telemetry = sampler.summary(images=batch * len(model_ms))
+                tele_samples = sampler.samples
+            else:
                 model_ms = time_calls(forward, plan, device)
-            telemetry = sampler.summary(images=batch * len(model_ms))
-            tele_samples = sampler.samples
-        else:
-            model_ms = time_calls(forward, plan, device)
+        e2e_ms = (time_end_to_end(lambda: runner.infer(pre(imgs, bids)), _e2e_plan(plan), device)
+                  if t.get("e2e", True) else None)
     model = summarize(model_ms, batch, t["cv_warn"])
     if model["unstable"]:
         warnings.append(f"model latency unstable: coefficient of variation {model['cv']:.1%} > "
@@ -41,10 +51,14 @@ def measure(runner, pre, images: list, ids: list, cell: dict) -> dict:
                        "cuda_graph": getattr(forward, "graphed", False)},
            "samples": {"model": model_ms}, "telemetry": telemetry,
            "telemetry_samples": tele_samples, "warnings": warnings}
-    if t.get("e2e", True):
-        e2e_ms = time_end_to_end(lambda: runner.infer(pre(imgs, bids)), _e2e_plan(plan), device)
+    if e2e_ms is not None:
         out["latency_e2e"] = {**summarize(e2e_ms, batch, t["cv_warn"]), "timer": "perf_counter_ns"}
         out["samples"]["e2e"] = e2e_ms
+        warnings.extend(impossible_e2e_warning(model["median_ms"], out["latency_e2e"]["median_ms"]))
+    if host is not None:
+        summary = host.summary()
+        out["telemetry"] = {**(out["telemetry"] or {}), "host": summary}
+        warnings.extend(contention_warnings(summary))
     peak = _peak_memory_mb(device)
     if peak is not None:
         extra = {"torch_peak_memory_mb": peak}
