@@ -84,13 +84,20 @@ def cmd_plan(args) -> int:
     from harness import matrix as mx
     from harness.cli_views import print_plan
 
+    from harness.models import onnx_source
+
     m, _ = mx.load(args.matrix)
+    contracts = onnx_source.check_matrix(m.models, args.matrix)
     cells = mx.expand(m)
+    onnx_source.apply_to_cells(cells, contracts)
     if args.json:
         print(json.dumps({"matrix": args.matrix, "backends": _availability(),
-                          "cells": [_plan_entry(c) for c in cells]}, indent=2))
+                          "cells": [_plan_entry(c) for c in cells],
+                          "onnx_models": {name: {"contract": c.as_dict(), "inferred": c.inferred}
+                                          for name, c in contracts.items()}}, indent=2))
     else:
         print_plan(m, cells, _availability())
+        onnx_source.print_contracts(contracts)
     return EXIT_OK
 
 

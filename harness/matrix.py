@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.backends import BACKENDS
 from harness.errors import UserError
+from harness.models.onnx_source import OnnxSource
 from harness.models.table import MODELS
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -32,15 +33,23 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    """A model: a table name and/or an mmyolo config path, and its weights."""
+    """A model: a table name and/or an mmyolo config path and its weights, or an ONNX file (``onnx:``)."""
 
     name: str
     config: Optional[str] = None
-    checkpoint: str = Field(description="path to a .pth file, or 'random' for seeded init weights")
+    checkpoint: Optional[str] = Field(default=None,
+                                      description="path to a .pth file, or 'random' for seeded init weights")
     trust_checkpoint: bool = False
+    onnx: Optional[OnnxSource] = Field(default=None, description="a user's ONNX model and its contract")
 
     @model_validator(mode="after")
     def _known_or_config(self):
+        if self.onnx is not None:
+            if self.config is not None or self.checkpoint is not None:
+                raise ValueError("an `onnx:` model takes no `config`/`checkpoint` (the graph is the model)")
+            return self
+        if self.checkpoint is None:
+            raise ValueError("`checkpoint` is required (a .pth path or `random`), or give `onnx:`")
         if self.config is None and self.name not in MODELS:
             raise ValueError(_unknown("model", self.name, MODELS, extra=" (or give `config:`)"))
         return self
@@ -233,6 +242,8 @@ def resolve_paths(m: Matrix, base: Path) -> Matrix:
 
     for spec in m.models:
         spec.config, spec.checkpoint = fix(spec.config), fix(spec.checkpoint)
+        if spec.onnx is not None:
+            spec.onnx.path = fix(spec.onnx.path)
     for ds in (m.dataset, m.calibration.source):
         if ds is not None:
             ds.images, ds.annotations = fix(ds.images), fix(ds.annotations)
@@ -242,6 +253,8 @@ def resolve_paths(m: Matrix, base: Path) -> Matrix:
 def check_files(m: Matrix, source: str) -> None:
     """Fail before any cell runs when a model's config or checkpoint file is missing."""
     for i, spec in enumerate(m.models):
+        if spec.onnx is not None:
+            continue  # harness.models.onnx_source.check_matrix reads and checks the graph
         if spec.config is not None and not Path(spec.config).is_file():
             raise UserError(f"{source}: models[{i}].config: config '{spec.config}' does not exist")
         if spec.checkpoint != "random" and not Path(spec.checkpoint).is_file():
@@ -342,8 +355,20 @@ def _settle(axes: dict, m: Matrix, spec: ModelSpec) -> dict:
                 settings[key] = ({**settings[key], **value} if isinstance(value, dict) else value)
     cell = {**axes, "key": cell_key(axes), "model_spec": spec.model_dump(), **settings,
             "batch_axis": sorted(m.batch_sizes)}
-    cell["skip_reason"] = BACKENDS[axes["backend"]].static_skip_reason(axes)
+    cell["skip_reason"] = BACKENDS[axes["backend"]].static_skip_reason(axes) or _onnx_skip(spec, axes)
     return cell
+
+
+def _onnx_skip(spec: ModelSpec, axes: dict) -> str | None:
+    """What an ``onnx:`` model can never run: PyTorch, and the nms axis (its NMS is its own)."""
+    if spec.onnx is None:
+        return None
+    if axes["backend"] == "pytorch":
+        return "an onnx: model runs on onnxruntime and tensorrt, not pytorch"
+    if axes["nms"] != "none":
+        return ("the nms axis applies to detbench's exports; an onnx: model's NMS is given by its "
+                "output convention")
+    return None
 
 
 def cell_key(axes: dict) -> str:
