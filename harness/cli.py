@@ -121,6 +121,11 @@ def cmd_run(args) -> int:
         raise UserError("give a matrix file to start a run, or --resume RUN_ID to finish one")
     if args.force and not args.resume:
         raise UserError("--force reruns the cells of an existing run: use it with --resume RUN_ID")
+    if args.matrix:  # a bad ONNX model is a user error before the store is touched
+        from harness import matrix as mx
+        from harness.models import onnx_source
+
+        onnx_source.check_matrix(mx.load(args.matrix)[0].models, args.matrix)
     store = _store(args)
     cache = Path(args.cache_dir).resolve()
     run_id = store.get_run(args.resume).id if args.resume else orchestrator.create_run(store, args.matrix, cache)

@@ -39,6 +39,9 @@ class TensorRTRunner(Runner):
             raise SkipCell(f"TensorRT is not installed here: {why_unavailable()}")
         self.info.facts["tensorrt"] = {"flavour": self.flavour.name, "version": self.flavour.version,
                                        "topk_max": self.flavour.topk_max}
+        self.input_name, self.source = "images", None
+        if self.ctx.is_onnx_source:
+            return self._build_onnx_source()
         model_cpu = self.ctx.build_model("cpu")
         self.test_cfg = self.ctx.mm_test_cfg(model_cpu.bbox_head.test_cfg)
         pre_topk = self._pre_topk()
@@ -53,6 +56,32 @@ class TensorRTRunner(Runner):
         graph, calibrator = self._precision_graph(onnx_path)
         self._refuse(check_graph(graph, self.flavour, self.cell["precision"],
                                  calibrator_available=calibrator is not None))
+        self.engine_path = self._engine(graph, calibrator)
+        return self.engine_path
+
+    def _build_onnx_source(self) -> Path:
+        """A user's ONNX file: the same capability checks and build, its own Q/DQ used as is."""
+        from harness.backends.onnx_model import OnnxModel
+        from harness.trt.capability import check_graph
+
+        self.source = OnnxModel(self.ctx, self.info)
+        self.source.load()
+        c = self.source.contract
+        self.input_name = c.input_name
+        self.ctx.stage("build")
+        self._refuse(check_graph(c.path, self.flavour, "fp32"))
+        precision = self.cell["precision"]
+        if precision == "int8" and c.has_qdq:
+            graph, calibrator = Path(c.path), None
+            self.info.facts["precision_source"] = "the graph's own Q/DQ nodes, used as is"
+        elif precision == "fp16" and c.has_qdq:
+            raise SkipCell("the graph already holds Q/DQ nodes (an int8 model): fp16 does not apply")
+        else:
+            graph, calibrator = self._precision_graph(Path(c.path))
+        self._refuse(check_graph(graph, self.flavour, precision,
+                                 calibrator_available=calibrator is not None))
+        if c.batch is not None:
+            self.cell = {**self.cell, "batch_axis": [c.batch]}  # a fixed-batch graph: a fixed profile
         self.engine_path = self._engine(graph, calibrator)
         return self.engine_path
 
@@ -98,10 +127,12 @@ class TensorRTRunner(Runner):
             self.info.facts.update({"calibration_method": c["method"], "calibration_cache": str(cache),
                                     "calibration_data_sha256": calib.sha256,
                                     "calibration_images": calib.images})
-            return onnx_path, make_calibrator(self.flavour.module, c["method"], calib.batches, cache)
+            return onnx_path, make_calibrator(self.flavour.module, c["method"], calib.batches, cache,
+                                                input_name=self.input_name)
         from harness.calibration.qdq import quantize_qdq
 
-        path, info = quantize_qdq(onnx_path, calib, c["method"], c["percentile"], self.ctx.cache_dir)
+        path, info = quantize_qdq(onnx_path, calib, c["method"], c["percentile"], self.ctx.cache_dir,
+                                  input_name=self.input_name)
         self.info.facts.update(info)
         return path, None
 
@@ -120,7 +151,8 @@ class TensorRTRunner(Runner):
         cache_dir = Path(self.ctx.cache_dir) / "engines"
         engine = cached_engine(cache_dir, key, lambda: build_engine(
             graph, flavour=self.flavour, precision=self.cell["precision"], profile=profile,
-            calibrator=calibrator, timing_cache_path=cache_dir / f"timing-{self.flavour.name}.cache"))
+            calibrator=calibrator, timing_cache_path=cache_dir / f"timing-{self.flavour.name}.cache",
+            input_name=self.input_name))
         meta = engine_meta(engine)
         self.info.facts["engine"] = {k: meta.get(k) for k in (
             "engine_size", "sha256", "build_time_s", "typing", "flags", "profile", "timing_cache",
@@ -167,9 +199,10 @@ class TensorRTRunner(Runner):
         """Set shapes and addresses once; the timed call is ``execute_async_v3`` alone."""
         import torch
 
-        x = inputs.to(self.device, torch.float32).contiguous()
-        self.context.set_input_shape("images", tuple(x.shape))
-        self.context.set_tensor_address("images", x.data_ptr())
+        dtype = inputs.dtype if self.source is not None else torch.float32  # an onnx: model's own dtype
+        x = inputs.to(self.device, dtype).contiguous()
+        self.context.set_input_shape(self.input_name, tuple(x.shape))
+        self.context.set_tensor_address(self.input_name, x.data_ptr())
         outs = []
         for name in self.output_names:
             shape = tuple(self.context.get_tensor_shape(name))
@@ -204,6 +237,8 @@ class TensorRTRunner(Runner):
         return graph.replay
 
     def postprocess(self, raw, metas):
+        if self.source is not None:
+            return self.source.postprocess(self.output_names, raw, metas)
         if self.cell["nms"] == "none":
             from harness.backends.base import Detections
             from harness.export.host_nms import host_postprocess
@@ -214,6 +249,8 @@ class TensorRTRunner(Runner):
         return decode_nms_outputs([o.cpu() for o in raw], metas)
 
     def decoded(self, prepared):
+        if self.source is not None and getattr(self, "context", None) is not None:
+            return self.source.decoded(self.output_names, self.forward(prepared.inputs))
         if self.cell["nms"] != "none" or getattr(self, "context", None) is None:
             return None
         boxes, scores = self.forward(prepared.inputs)

@@ -393,6 +393,8 @@ def _dets_columns(oc: OutputContract, t: Tensor, fail, inferred: list) -> tuple:
             fail("output.columns", f"{list(cols)} is {n} values but output '{t.name}' has {width} per "
                                    "detection")
         return cols
+    if isinstance(width, int) and width not in (6, 7):
+        fail("output.convention", f"dets is [N, K, 6|7] but output '{t.name}' is {list(t.shape)}")
     if width == 6:
         inferred.append("output.columns = [box, score, class] (6 values per detection)")
         return DETS_COLUMNS_DEFAULT
