@@ -98,7 +98,20 @@ def cmd_plan(args) -> int:
     else:
         print_plan(m, cells, _availability())
         onnx_source.print_contracts(contracts)
+        _print_ultralytics(m)
     return EXIT_OK
+
+
+def _print_ultralytics(m) -> None:
+    from harness.models import ultralytics_source as us
+
+    for spec in m.models:
+        if spec.ultralytics is not None:
+            python = us.interpreter(spec.ultralytics.model_dump())
+            version = us.exporter_version(python)
+            how = f"ultralytics {version}" if version else f"NOT INSTALLED for {python}: its cells will be skipped"
+            print(f"ultralytics model {spec.name}: {spec.ultralytics.model}, exported to ONNX inside each cell "
+                  f"by {how}; then run as yolo_raw v8 (letterbox 114, RGB, /255, names from the export)")
 
 
 def _plan_entry(cell: dict) -> dict:

@@ -21,6 +21,7 @@ from harness.backends import BACKENDS
 from harness.errors import UserError
 from harness.models.onnx_source import OnnxSource
 from harness.models.table import MODELS
+from harness.models.ultralytics_source import UltralyticsSource
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEVICES = ("cpu", "cuda")
@@ -41,12 +42,17 @@ class ModelSpec(_Strict):
                                       description="path to a .pth file, or 'random' for seeded init weights")
     trust_checkpoint: bool = False
     onnx: Optional[OnnxSource] = Field(default=None, description="a user's ONNX model and its contract")
+    ultralytics: Optional[UltralyticsSource] = Field(
+        default=None, description="an Ultralytics model, exported by Ultralytics inside the cell")
 
     @model_validator(mode="after")
     def _known_or_config(self):
-        if self.onnx is not None:
+        if self.onnx is not None and self.ultralytics is not None:
+            raise ValueError("give either `onnx:` or `ultralytics:`, not both")
+        if self.onnx is not None or self.ultralytics is not None:
             if self.config is not None or self.checkpoint is not None:
-                raise ValueError("an `onnx:` model takes no `config`/`checkpoint` (the graph is the model)")
+                kind = "onnx" if self.onnx is not None else "ultralytics"
+                raise ValueError(f"an `{kind}:` model takes no `config`/`checkpoint` (the graph is the model)")
             return self
         if self.checkpoint is None:
             raise ValueError("`checkpoint` is required (a .pth path or `random`), or give `onnx:`")
@@ -244,6 +250,9 @@ def resolve_paths(m: Matrix, base: Path) -> Matrix:
         spec.config, spec.checkpoint = fix(spec.config), fix(spec.checkpoint)
         if spec.onnx is not None:
             spec.onnx.path = fix(spec.onnx.path)
+        u = spec.ultralytics
+        if u is not None and (u.model.endswith(".pt") or (base / u.model).is_file()):
+            u.model = fix(u.model)  # else an Ultralytics config name such as yolov8n.yaml
     for ds in (m.dataset, m.calibration.source):
         if ds is not None:
             ds.images, ds.annotations = fix(ds.images), fix(ds.annotations)
@@ -253,7 +262,7 @@ def resolve_paths(m: Matrix, base: Path) -> Matrix:
 def check_files(m: Matrix, source: str) -> None:
     """Fail before any cell runs when a model's config or checkpoint file is missing."""
     for i, spec in enumerate(m.models):
-        if spec.onnx is not None:
+        if spec.onnx is not None or spec.ultralytics is not None:
             continue  # harness.models.onnx_source.check_matrix reads and checks the graph
         if spec.config is not None and not Path(spec.config).is_file():
             raise UserError(f"{source}: models[{i}].config: config '{spec.config}' does not exist")
@@ -361,10 +370,11 @@ def _settle(axes: dict, m: Matrix, spec: ModelSpec) -> dict:
 
 def _onnx_skip(spec: ModelSpec, axes: dict) -> str | None:
     """What an ``onnx:`` model can never run: PyTorch, and the nms axis (its NMS is its own)."""
-    if spec.onnx is None:
+    if spec.onnx is None and spec.ultralytics is None:
         return None
     if axes["backend"] == "pytorch":
-        return "an onnx: model runs on onnxruntime and tensorrt, not pytorch"
+        kind = "onnx" if spec.onnx is not None else "ultralytics"
+        return f"an {kind}: model runs (as ONNX) on onnxruntime and tensorrt, not pytorch"
     if axes["nms"] != "none":
         return ("the nms axis applies to detbench's exports; an onnx: model's NMS is given by its "
                 "output convention")

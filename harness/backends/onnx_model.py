@@ -34,8 +34,9 @@ class OnnxModel:
                 f"scored: {', '.join(unmapped[:12])}{' ...' if len(unmapped) > 12 else ''}")
         self.test_cfg = self.ctx.onnx_test_cfg()
         self.height, self.width = c.input_hw(self.cell["imgsz"])
-        self.info.facts.update({"model_source": "onnx", "onnx": c.path, "onnx_sha256": c.sha256,
-                                "contract": c.as_dict(), "unmapped_classes": unmapped})
+        self.info.facts.update({"model_source": "ultralytics" if self.ctx.export_facts else "onnx",
+                                "onnx": c.path, "onnx_sha256": c.sha256, "contract": c.as_dict(),
+                                "unmapped_classes": unmapped, **self.ctx.export_facts})
         self._probe()
 
     def _probe(self) -> None:

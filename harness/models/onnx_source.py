@@ -485,6 +485,10 @@ def check_matrix(models, source: str) -> dict[str, Contract]:
     """Resolve every ``onnx:`` model of a matrix (plan and run time): UserError on a bad contract."""
     out = {}
     for i, spec in enumerate(models):
+        if getattr(spec, "ultralytics", None) is not None:
+            from harness.models.ultralytics_source import check_model
+
+            check_model(spec.ultralytics, f"{source}: models[{i}].ultralytics")
         if getattr(spec, "onnx", None) is not None:
             out[spec.name] = resolve(spec.onnx, f"{source}: models[{i}].onnx")
     return out

@@ -17,6 +17,7 @@ class CellContext:
     cache_dir: Path
     notes: list = field(default_factory=list)
     stages: object = None  # the worker's stage tracker: runners report export/build through it
+    export_facts: dict = field(default_factory=dict)  # an ultralytics: model's exporter and version
 
     def stage(self, name: str) -> None:
         if self.stages is not None:
@@ -31,18 +32,29 @@ class CellContext:
         spec = self.model_spec
         if spec.get("onnx"):
             return Path(spec["onnx"]["path"])  # an ONNX model's "config" is its graph
+        if spec.get("ultralytics"):
+            return Path(self.onnx_contract.path)  # the graph Ultralytics exported in this cell
         return Path(spec["config"]) if spec.get("config") else packaged_config(spec["name"])
 
     @property
     def is_onnx_source(self) -> bool:
-        return bool(self.model_spec.get("onnx"))
+        return bool(self.model_spec.get("onnx") or self.model_spec.get("ultralytics"))
 
     @cached_property
     def onnx_contract(self):
-        """The resolved contract of an ``onnx:`` model (sniffed again here: the same answer as plan)."""
+        """The resolved contract of an ``onnx:`` model (sniffed again here: the same answer as plan);
+        an ``ultralytics:`` model is exported first (stage ``export``) by Ultralytics' exporter."""
         from harness.models.onnx_source import resolve
 
-        return resolve(self.model_spec["onnx"], f"models[{self.model_spec['name']}].onnx")
+        spec = self.model_spec
+        if spec.get("ultralytics"):
+            from harness.models import ultralytics_source as us
+
+            self.stage("export")
+            path, self.export_facts = us.export(spec["ultralytics"], self.cell["imgsz"], self.cache_dir)
+            block = us.onnx_block(spec["ultralytics"], path, self.export_facts["ultralytics"]["names"])
+            return resolve(block, f"models[{spec['name']}].ultralytics")
+        return resolve(spec["onnx"], f"models[{spec['name']}].onnx")
 
     @cached_property
     def cfg(self):

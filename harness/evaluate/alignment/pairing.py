@@ -17,7 +17,8 @@ def _reference_rank(cell, ref) -> tuple:
 def reference_rule(cell) -> tuple[str, str, str | None]:
     """(backend, precision, device or None): PyTorch fp32 for mmyolo models; for an ``onnx:``
     model the matrix's ``reference`` (default ONNX Runtime fp32 on CPU), no PyTorch needed."""
-    onnx = ((cell.params or {}).get("model_spec") or {}).get("onnx")
+    spec = (cell.params or {}).get("model_spec") or {}
+    onnx = spec.get("onnx") or spec.get("ultralytics")
     if onnx:
         ref = onnx.get("reference") or {}
         return ref.get("backend", "onnxruntime"), ref.get("precision", "fp32"), ref.get("device", "cpu")
