@@ -358,3 +358,21 @@ def test_tensorrt_builds_an_onnx_model_then_skips_without_gpu(tmp_path):
         assert cell.provenance["engine"]["engine_size"] > 0
         assert cell.provenance["engine"]["profile"] is not None
         assert cell.provenance["model_source"] == "onnx"
+
+
+def test_readme_examples_are_valid_contracts():
+    import re
+
+    import yaml
+
+    from harness.models.onnx_source import OnnxSource
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Bring your own model", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    full = yaml.safe_load(blocks[0])["models"][0]["onnx"]
+    OnnxSource.model_validate(full)
+    examples = [yaml.safe_load(b)["onnx"] for b in re.split(r"\n(?=\s*\n#)", blocks[1]) if "onnx:" in b]
+    assert len(examples) == 4
+    for ex in examples:
+        OnnxSource.model_validate(ex)
