@@ -38,24 +38,32 @@ class ModelSpec(_Strict):
 
     name: str
     config: Optional[str] = None
-    checkpoint: Optional[str] = Field(default=None,
-                                      description="path to a .pth file, or 'random' for seeded init weights")
+    checkpoint: Optional[str] = Field(description="path to a .pth file, or 'random' for seeded init "
+                                                  "weights (none for `onnx:` / `ultralytics:` models)")
     trust_checkpoint: bool = False
     onnx: Optional[OnnxSource] = Field(default=None, description="a user's ONNX model and its contract")
     ultralytics: Optional[UltralyticsSource] = Field(
         default=None, description="an Ultralytics model, exported by Ultralytics inside the cell")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _graph_models(cls, data):
+        """An ``onnx:`` / ``ultralytics:`` model is its graph: no config, no checkpoint."""
+        if isinstance(data, dict) and (data.get("onnx") is not None or data.get("ultralytics") is not None):
+            if data.get("onnx") is not None and data.get("ultralytics") is not None:
+                raise ValueError("give either `onnx:` or `ultralytics:`, not both")
+            if "config" in data or "checkpoint" in data:
+                kind = "onnx" if data.get("onnx") is not None else "ultralytics"
+                raise ValueError(f"an `{kind}:` model takes no `config`/`checkpoint` (the graph is the model)")
+            data = {**data, "checkpoint": None}
+        return data
+
     @model_validator(mode="after")
     def _known_or_config(self):
-        if self.onnx is not None and self.ultralytics is not None:
-            raise ValueError("give either `onnx:` or `ultralytics:`, not both")
         if self.onnx is not None or self.ultralytics is not None:
-            if self.config is not None or self.checkpoint is not None:
-                kind = "onnx" if self.onnx is not None else "ultralytics"
-                raise ValueError(f"an `{kind}:` model takes no `config`/`checkpoint` (the graph is the model)")
             return self
         if self.checkpoint is None:
-            raise ValueError("`checkpoint` is required (a .pth path or `random`), or give `onnx:`")
+            raise ValueError("`checkpoint` must be a .pth path or `random`")
         if self.config is None and self.name not in MODELS:
             raise ValueError(_unknown("model", self.name, MODELS, extra=" (or give `config:`)"))
         return self
