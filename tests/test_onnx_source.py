@@ -376,3 +376,13 @@ def test_readme_examples_are_valid_contracts():
     assert len(examples) == 4
     for ex in examples:
         OnnxSource.model_validate(ex)
+
+
+def test_dets_or_single_class_v5_is_ambiguous(tmp_path):
+    from harness.errors import UserError
+
+    path = tiny_raw(tmp_path / "m.onnx", v5=True, classes=1)  # [N, 4096, 6]
+    with pytest.raises(UserError, match=r"output\.convention \(m\.onnx\): .*could be dets"):
+        resolve(path)
+    c = resolve(path, output={"convention": "yolo_raw", "raw_layout": "v5"})
+    assert (c.convention, c.num_classes) == ("yolo_raw", 1)

@@ -359,8 +359,12 @@ def _sniff_convention(oc: OutputContract, facts: GraphFacts, fail) -> str:
     if len(outs) == 4:
         return "end2end"
     if len(outs) == 1 and len(outs[0].shape) == 3:
-        last = outs[0].shape[-1]
-        if last in (6, 7) and (not isinstance(outs[0].shape[1], int) or outs[0].shape[1] > 7):
+        k, last = outs[0].shape[1], outs[0].shape[-1]
+        if last in (6, 7):
+            if isinstance(k, int) and k > 1000:  # as likely a v5 head with 1-2 classes as a detection list
+                fail("output.convention", f"output '{outs[0].name}' {list(outs[0].shape)} could be dets "
+                                          f"[N, K, {last}] or a v5 yolo_raw head with {last - 5} classes: "
+                                          "set output.convention")
             return "dets"
         return "yolo_raw"
     fail("output.convention", f"outputs {[f'{t.name}{list(t.shape)}' for t in outs]} match no known "
