@@ -25,7 +25,8 @@ class OnnxModel:
 
         c = self.contract = self.ctx.onnx_contract
         ds = self.ctx.dataset
-        where = f"models[{self.ctx.model_spec['name']}].onnx"
+        kind = "ultralytics" if self.ctx.model_spec.get("ultralytics") else "onnx"
+        where = f"models[{self.ctx.model_spec['name']}].{kind}"
         self.mapping, unmapped = class_mapping(c, Categories(ds.category_names, ds.category_ids), where)
         self.unscored = len(ds.category_ids)
         if unmapped:

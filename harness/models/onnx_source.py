@@ -408,10 +408,19 @@ def _dets_columns(oc: OutputContract, t: Tensor, fail, inferred: list) -> tuple:
 
 def _raw_layout(oc: OutputContract, t: Tensor, classes, fail, inferred: list):
     d1, d2 = t.shape[1], t.shape[2]
-    if not (isinstance(d1, int) and isinstance(d2, int)):
-        fail("output.raw_layout", f"output '{t.name}' has shape {list(t.shape)}: yolo_raw needs static "
-                                  "anchor and class dimensions")
     layout = oc.raw_layout
+    if layout is not None and not (isinstance(d1, int) and isinstance(d2, int)):
+        # a graph exported with dynamic height/width (Ultralytics' dynamic=True): symbolic anchors
+        ch = d1 if layout == "v8" else d2
+        if isinstance(ch, int):
+            return layout, ch - (4 if layout == "v8" else 5)
+        if classes is None:
+            fail("classes", f"output '{t.name}' {list(t.shape)} has a symbolic class dimension: give "
+                            "`classes` (their number is the model's class count)")
+        return layout, len(classes)
+    if not (isinstance(d1, int) and isinstance(d2, int)):
+        fail("output.raw_layout", f"output '{t.name}' has shape {list(t.shape)}: set output.raw_layout "
+                                  "(v8 | v5); its dimensions are not static")
     if layout is None:
         if d1 < d2:
             layout = "v8"
@@ -451,9 +460,10 @@ def class_mapping(contract: Contract, category_names, where: str = "onnx") -> tu
     by_id = {}
     mapping, unmapped = [], []
     for name in contract.classes:
+        explicit = name in contract.class_map
         target = contract.class_map.get(name, name)
-        if isinstance(target, int) or (isinstance(target, str) and target.lstrip("-").isdigit()
-                                       and target.lower() not in lower):
+        if explicit and (isinstance(target, int) or (str(target).lstrip("-").isdigit()
+                                                     and str(target).lower() not in lower)):
             by_id = by_id or _ids(category_names)
             idx = by_id.get(int(target))
             if idx is None:
