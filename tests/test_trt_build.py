@@ -429,3 +429,175 @@ def test_calibrator_batches_and_cache_with_a_stand_in_tensorrt(tmp_path):
                         [], None)
     with pytest.raises(UserError, match="unknown calibration method"):
         make_calibrator(trt, "percentile", [], None)
+
+
+# --------------------------------------------------------------------------- issue #11
+
+def _topk_module(checks_width: bool, hard_limit: int = 3840):
+    """A stand-in TensorRT whose add_topk refuses k above ``hard_limit`` and, when
+    ``checks_width``, above a static reduced axis (as a TensorRT checking k <= d would)."""
+    class Network:
+        def add_input(self, name, dtype, shape):
+            return types.SimpleNamespace(shape=tuple(shape))
+
+        def add_topk(self, x, op, k, axes):
+            width = x.shape[-1]
+            if k > hard_limit or (checks_width and width != -1 and k > width):
+                return None
+            return object()
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            return Network()
+
+    class ILogger:
+        def __init__(self):
+            pass
+
+    return types.SimpleNamespace(__name__="fake_tensorrt", Builder=Builder, ILogger=ILogger,
+                                 float32="float32", TopKOperation=types.SimpleNamespace(MAX=0),
+                                 NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=0))
+
+
+def test_topk_probe_is_not_limited_by_the_probe_axis():
+    """Item 12: a TensorRT that checks k <= d at layer creation must still report 3840."""
+    from harness.trt.flavour import probe_topk_max
+
+    value, source = probe_topk_max(_topk_module(checks_width=True))
+    assert value == 3840 and "dynamic axis" in source
+    value, source = probe_topk_max(_topk_module(checks_width=False, hard_limit=8))
+    assert value == 3840 and "sanity floor" in source  # 8 is not believed
+
+
+@needs_rtx
+def test_rtx_topk_probe_runs_on_a_dynamic_axis(rtx):
+    assert rtx.topk_max == 3840 and "dynamic axis" in rtx.topk_max_source
+
+
+@needs_rtx
+@needs_onnx
+def test_fp32_engine_is_built_without_tf32(rtx, graphs):
+    """Item 10: TensorRT enables TF32 by default; an fp32 cell clears it and says so."""
+    from harness.trt import build_engine
+
+    r = build_engine(graphs["fp32"], flavour=rtx, precision="fp32", profile=PROFILE)
+    assert r.tf32 is False and any("TF32 cleared" in w for w in r.warnings)
+    r16 = build_engine(graphs["fp16"], flavour=rtx, precision="fp16", profile=PROFILE)
+    assert r16.tf32 is True
+
+
+@needs_rtx
+@needs_onnx
+def test_runner_engine_profile_covers_the_short_last_chunk_and_caches_are_keyed(rtx, graphs,
+                                                                                 tmp_path):
+    """Items 1, 10, 13 on a real RTX build: batch 8 with batch_sizes [8] builds a profile
+    from batch 1 (the accuracy pass's last chunk), fp32 without TF32, and a timing cache
+    named by TensorRT version and GPU."""
+    from harness.backends.tensorrt import TensorRTRunner
+    from harness.trt import engine_meta
+
+    cell = {"precision": "fp32", "batch": 8, "batch_axis": [8], "device": "cuda", "nms": "none"}
+    runner = TensorRTRunner(cell, types.SimpleNamespace(cache_dir=tmp_path))
+    runner.flavour = rtx
+    engine = runner._engine(graphs["fp32"], None)
+    meta = engine_meta(engine)
+    assert meta["profile"] == [1, 8, 8] and meta["tf32"] is False
+    assert runner.info.facts["engine"]["tf32"] is False
+    (timing,) = (tmp_path / "engines").glob("timing-*.cache")
+    assert timing.name.startswith(f"timing-tensorrt_rtx-{rtx.version}-sm00-")  # no GPU here
+    assert timing.stat().st_size > 0
+
+
+def test_calibration_and_timing_cache_names_change_with_every_input():
+    """Items 5 and 13."""
+    from harness.trt import calibration_cache_name, timing_cache_name
+
+    base = dict(onnx_hash="a" * 64, flavour="tensorrt", flavour_version="10.13.0.35",
+                method="entropy", data_hash="d" * 64, gpu_name="NVIDIA H100", compute_capability="9.0")
+    changed = dict(onnx_hash="b" * 64, flavour="tensorrt_rtx", flavour_version="10.12.0.36",
+                   method="minmax", data_hash="e" * 64, gpu_name="NVIDIA L4", compute_capability="8.9")
+    name = calibration_cache_name(**base)
+    assert name == calibration_cache_name(**base) and name.startswith("trt-10.13.0.35-entropy-")
+    for field, value in changed.items():
+        assert calibration_cache_name(**{**base, field: value}) != name, field
+    t = dict(flavour="tensorrt", flavour_version="10.13.0.35", gpu_name="NVIDIA H100",
+             compute_capability=(9, 0))
+    tname = timing_cache_name(**t)
+    assert tname.startswith("timing-tensorrt-10.13.0.35-sm90-")
+    for field, value in dict(flavour_version="11.1.0.8", gpu_name="NVIDIA H200",
+                             compute_capability="8.9").items():
+        assert timing_cache_name(**{**t, field: value}) != tname, field
+
+
+def test_nms_candidate_caps_per_variant():
+    """Item 6 and 13: what each in-graph NMS really considers per image."""
+    from harness.trt import nms_candidate_cap
+    from harness.trt.capability import nms_cap_warning
+
+    onnx_cap = nms_candidate_cap("onnx", 3840, 8400, 80)
+    assert onnx_cap["cap"] == 5000 and onnx_cap["pairs_in"] == 3840 * 80 and onnx_cap["binding"]
+    assert "INMSLayer" in onnx_cap["source"] and "considers at most 5000" in nms_cap_warning(onnx_cap)
+    eff = nms_candidate_cap("efficient_nms", 1000, 8400, 80)
+    assert eff["boxes_in"] == 1000 and eff["cap"] == 5000 and eff["binding"]
+    assert not nms_candidate_cap("efficient_nms", 50, 8400, 80)["binding"]  # 4000 pairs fit
+    batched = nms_candidate_cap("batched_nms", None, 8400, 80)
+    assert batched["boxes_in"] == 4096 and batched["binding"]
+    assert "at most 4096 boxes" in nms_cap_warning(batched)
+    assert not nms_candidate_cap("batched_nms", 3840, 8400, 80)["binding"]
+    assert nms_candidate_cap("none", None, 8400, 80) == {}
+
+
+@needs_onnx
+def test_plugin_nodes_get_pre_topk_and_batched_nms_mmcv_iou(tmp_path):
+    """Items 3, 6 and 13 in the exported graph: BatchedNMS writes caffeSemantics=0 (its
+    default true adds 1 pixel to width and height in the IoU, unlike mmcv) and both plugins
+    get the pre-top-k boxes (BatchedNMS at most 4096), not all 8400 anchors."""
+    import onnx
+    import torch
+
+    from harness.export.deploy import _NMS_STAGES, TRT_PLUGIN_DOMAIN
+    from harness.trt.capability import graph_features
+
+    class Stage(torch.nn.Module):
+        def __init__(self, kind, pre_topk):
+            super().__init__()
+            self.kind = kind
+            self.deploy = types.SimpleNamespace(pre_topk=pre_topk, keep_topk=100, iou_thr=0.65,
+                                                score_thr=0.001)
+
+        def forward(self, boxes, scores):
+            return _NMS_STAGES[self.kind](self.deploy, boxes, scores)
+
+    for kind, op in (("efficient_nms", "EfficientNMS_TRT"), ("batched_nms", "BatchedNMSDynamic_TRT")):
+        for pre_topk, expected in ((1000, 1000), (30000, 8400 if kind == "efficient_nms" else 4096)):
+            buf = io.BytesIO()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(Stage(kind, pre_topk), (torch.rand(2, 8400, 4), torch.rand(2, 8400, 3)),
+                                  buf, dynamo=False, opset_version=17, custom_opsets={TRT_PLUGIN_DOMAIN: 1})
+            proto = onnx.load_from_string(buf.getvalue())
+            assert [k for _, k in graph_features(proto).topk] == [expected], (kind, pre_topk)
+            (node,) = [n for n in proto.graph.node if n.op_type == op]
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            if kind == "batched_nms":
+                assert attrs["caffeSemantics"] == 0 and attrs["isNormalized"] == 0
+                assert attrs["topK"] == expected
+
+
+@needs_rtx
+def test_nms_plugin_messages_name_the_tensorrt_that_has_them(rtx):
+    """Item 4: BatchedNMS exists only up to TensorRT 10; EfficientNMS_TRT is deprecated."""
+    from harness.trt.capability import PLUGIN_AVAILABILITY, check_graph, nms_variant_problem
+
+    assert "removed in TensorRT 11" in PLUGIN_AVAILABILITY["BatchedNMSDynamic_TRT"]
+    assert "deprecated since TensorRT 10.12" in PLUGIN_AVAILABILITY["EfficientNMS_TRT"]
+    problems = check_graph(_efficient_nms_model(), rtx, "fp32")
+    assert "deprecated since TensorRT 10.12" in problems[0].fix
+    trt11 = types.SimpleNamespace(name="tensorrt", major=11, label="TensorRT 11.1.0.8")
+    trt10 = types.SimpleNamespace(name="tensorrt", major=10, label="TensorRT 10.13.0.35")
+    assert "removed in TensorRT 11" in str(nms_variant_problem("batched_nms", trt11))
+    assert nms_variant_problem("batched_nms", trt10) is None
+    assert nms_variant_problem("efficient_nms", trt11) is None

@@ -70,6 +70,9 @@ def test_pre_topk_above_the_cap_is_clamped_with_a_warning(tmp_path):
     assert any("pre_topk 30000 clamped to 3840" in w for w in runner.info.warnings)
     export = runner.info.facts["export"]
     assert export["pre_topk"] == 3840  # the graph itself carries the clamped value
+    cap = runner.info.facts["nms_candidate_cap"]  # INMSLayer's own 5000 still binds (issue #11)
+    assert cap["variant"] == "onnx" and cap["cap"] == 5000 and cap["binding"]
+    assert any("considers at most 5000" in w for w in runner.info.warnings)
 
 
 def test_pre_topk_above_the_cap_is_refused_when_asked(tmp_path):

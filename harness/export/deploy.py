@@ -30,7 +30,9 @@ NMS_KINDS = ("none", "onnx", "efficient_nms", "batched_nms")
 # domain, so the plugin nodes live in their own domain.
 TRT_PLUGIN_DOMAIN = "trt"
 
-# BatchedNMSDynamic_TRT refuses topK above this.
+# BatchedNMSDynamic_TRT refuses topK above this and cannot handle more input boxes
+# (plugin/batchedNMSPlugin/README.md). Its caffeSemantics defaults to true (+1 on width and
+# height in the IoU of unnormalised boxes), unlike mmcv: the node writes caffeSemantics=0.
 BATCHED_NMS_MAX_TOPK = 4096
 
 OUTPUT_NAMES = {
@@ -228,11 +230,23 @@ def _greedy_nms(boxes, scores, iou_thr: float, score_thr: float, limit: int):
 # --------------------------------------------------------------------------- TensorRT plugins
 
 def _efficient_nms_stage(deploy: DeployModel, boxes, scores):
+    """Pre-top-k (as the other variants), then EfficientNMS_TRT.
+
+    The plugin itself keeps only its 5000 best (box, class) scores above the threshold
+    (4096 in its README), whatever the graph feeds it: see harness.trt.capability.
+    """
+    boxes, scores = _pre_topk(boxes, scores, min(deploy.pre_topk, int(boxes.shape[1])))
     return _EfficientNMS.apply(boxes, scores, deploy.iou_thr, deploy.score_thr, deploy.keep_topk)
 
 
 def _batched_nms_stage(deploy: DeployModel, boxes, scores):
+    """Pre-top-k to at most 4096 boxes, then BatchedNMSDynamic_TRT.
+
+    Its README: topK <= 4096 and "cannot handle greater than 4096 rectangles in the input";
+    all anchors (8400 at 640 px) would exceed that, so the graph feeds it the best boxes only.
+    """
     top_k = min(deploy.pre_topk, int(boxes.shape[1]), BATCHED_NMS_MAX_TOPK)
+    boxes, scores = _pre_topk(boxes, scores, top_k)
     num, det_boxes, det_scores, det_classes = _BatchedNMS.apply(
         boxes.unsqueeze(2), scores, deploy.iou_thr, deploy.score_thr, top_k, deploy.keep_topk,
         int(scores.shape[-1]))
@@ -284,7 +298,7 @@ class _BatchedNMS(torch.autograd.Function):
                     shareLocation_i=1, backgroundLabelId_i=-1, numClasses_i=int(num_classes),
                     topK_i=int(top_k), keepTopK_i=int(keep), scoreThreshold_f=float(score_thr),
                     iouThreshold_f=float(iou_thr), isNormalized_i=0, clipBoxes_i=0,
-                    plugin_version_s="1", outputs=4)
+                    caffeSemantics_i=0, plugin_version_s="1", outputs=4)
         return _typed_outputs(outs, boxes, keep,
                               (torch.int32, torch.float32, torch.float32, torch.float32))
 

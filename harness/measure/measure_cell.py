@@ -47,7 +47,14 @@ def measure(runner, pre, images: list, ids: list, cell: dict) -> dict:
         out["samples"]["e2e"] = e2e_ms
     peak = _peak_memory_mb(device)
     if peak is not None:
-        out["telemetry"] = {**(out["telemetry"] or {}), "torch_peak_memory_mb": peak}
+        extra = {"torch_peak_memory_mb": peak}
+        engine_mem = getattr(getattr(runner, "info", None), "facts", {}).get("engine_memory")
+        if engine_mem:
+            # torch's allocator never sees TensorRT's own allocations (weights, context memory)
+            extra["torch_peak_memory_scope"] = "torch allocations only (I/O buffers); see engine_memory"
+            extra["engine_context_memory_mb"] = round(engine_mem.get("context_device_memory_bytes", 0) / 2**20, 1)
+            extra["engine_weights_mb_upper_bound"] = round(engine_mem.get("weights_bytes_upper_bound", 0) / 2**20, 1)
+        out["telemetry"] = {**(out["telemetry"] or {}), **extra}
     return out
 
 

@@ -19,11 +19,12 @@ _EXPORTS = {
     "TrtFlavour": "flavour", "detect": "flavour", "why_unavailable": "flavour",
     "DOCUMENTED_TOPK_MAX": "flavour",
     "Problem": "capability", "check_graph": "capability", "clamp_pre_topk": "capability",
-    "graph_features": "capability",
+    "graph_features": "capability", "nms_candidate_cap": "capability",
+    "nms_variant_problem": "capability",
     "BuildError": "build", "BuildResult": "build", "build_engine": "build",
     "make_calibrator": "calibrator",
     "engine_cache_key": "cache", "cached_engine": "cache", "engine_meta": "cache",
-    "file_sha256": "cache",
+    "file_sha256": "cache", "calibration_cache_name": "cache", "timing_cache_name": "cache",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -62,6 +62,7 @@ class BuildResult:
     profile: tuple[int, int, int] | None = None
     profile_shapes: dict = field(default_factory=dict)   # input -> (min, opt, max) as set
     timing_cache: str | None = None      # None | 'created' | 'loaded' | 'rejected'
+    tf32: bool | None = None             # BuilderFlag.TF32 as built (None: the flavour has none)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -142,6 +143,7 @@ def build_engine(onnx_path, *, flavour=None, precision: str = "fp32",
     profile_shapes = _add_profile(trt, builder, network, config, profile, input_name, fail)
     for name in flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
+    tf32 = _tf32_policy(trt, config, precision, notes)
     if calibrator is not None:
         config.int8_calibrator = calibrator
         _set_calibration_profile(builder, config, calibrator, input_name, profile_shapes, notes)
@@ -178,7 +180,7 @@ def build_engine(onnx_path, *, flavour=None, precision: str = "fp32",
                        flavour=flavour.label, precision=precision,
                        typing="strong" if strong else "weak", flags=flags,
                        profile=tuple(profile) if profile else None, profile_shapes=profile_shapes,
-                       timing_cache=tc_state, warnings=notes)
+                       timing_cache=tc_state, tf32=tf32, warnings=notes)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -206,6 +208,19 @@ def plan_typing(flavour, feats, precision: str, calibrator=None):
                                        f"only); int8 comes from a Q/DQ ONNX")
         notes.append("calibrator ignored: the build takes its precision from the graph")
     return strong, tuple(flags), use_calibrator, notes
+
+
+def _tf32_policy(trt, config, precision: str, notes: list) -> bool | None:
+    """fp32 means fp32: clear ``BuilderFlag.TF32``, which TensorRT enables by default
+    (NvInfer.h, BuilderFlag::kTF32: "Enabled by default"; TF32 rounds matmul/conv inputs to
+    10-bit mantissas).  fp16/int8 builds keep it for their fp32 layers; recorded either way."""
+    flag = getattr(getattr(trt, "BuilderFlag", None), "TF32", None)
+    if flag is None or not hasattr(config, "get_flag"):
+        return None
+    if precision == "fp32" and config.get_flag(flag):
+        config.clear_flag(flag)
+        notes.append("TF32 cleared: an fp32 engine computes in fp32 (TensorRT enables TF32 by default)")
+    return bool(config.get_flag(flag))
 
 
 def _check_profile(profile) -> None:

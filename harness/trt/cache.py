@@ -21,7 +21,7 @@ from typing import Callable, Mapping
 
 from harness.errors import UserError
 
-CACHE_FORMAT = 1  # bump when the key's meaning changes
+CACHE_FORMAT = 2  # bump when the key's meaning changes (2: fp32 engines built without TF32)
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -42,20 +42,54 @@ def engine_cache_key(onnx_hash: str, precision: str, profile, flavour: str, flav
     ``profile`` is (min, opt, max) or None; ``compute_capability`` "8.9" or (8, 9);
     ``extra`` holds further build options (workspace, builder level...) as JSON values.
     """
-    if isinstance(compute_capability, (tuple, list)):
-        cc = ".".join(str(int(v)) for v in compute_capability)
-    else:
-        cc = str(compute_capability)
+    cc = _cc(compute_capability)
     fields = {
         "format": CACHE_FORMAT, "onnx": str(onnx_hash), "precision": str(precision),
         "profile": list(profile) if profile is not None else None, "flavour": str(flavour),
         "version": str(flavour_version), "gpu": str(gpu_name), "cc": cc,
         "calib": calib_cache_hash, "extra": dict(extra or {}),
     }
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
     batch = "b" + "-".join(map(str, profile)) if profile is not None else "bstatic"
-    parts = [precision, batch, f"{flavour}-{flavour_version}", "sm" + cc.replace(".", ""), digest]
+    parts = [precision, batch, f"{flavour}-{flavour_version}", "sm" + cc.replace(".", ""),
+             _digest(fields)]
     return _SAFE.sub("_", "_".join(parts))
+
+
+def calibration_cache_name(onnx_hash: str, flavour: str, flavour_version: str, method: str,
+                           data_hash: str, gpu_name: str = "", compute_capability="") -> str:
+    """File name of a TensorRT 10 INT8 calibration cache.
+
+    The cache holds per-tensor scales keyed by the *network's tensor names*: read for
+    another graph, TensorRT skips calibration and the names do not match, so layers
+    silently stay in higher precision.  Hence the ONNX hash, the TensorRT version (the
+    cache header names it), the method and the GPU beside the calibration images' hash
+    (the entropy/min-max caches are meant to be portable across devices, but a cache
+    calibrated elsewhere being ignored is reported in NVIDIA/TensorRT#3612; recalibrating
+    per GPU costs seconds, a silently ignored cache costs the int8 engine).
+    """
+    fields = {"format": CACHE_FORMAT, "onnx": str(onnx_hash), "flavour": str(flavour),
+              "version": str(flavour_version), "method": str(method), "data": str(data_hash),
+              "gpu": str(gpu_name), "cc": _cc(compute_capability)}
+    return _SAFE.sub("_", f"trt-{flavour_version}-{method}-{_digest(fields)}.cache")
+
+
+def timing_cache_name(flavour: str, flavour_version: str, gpu_name: str, compute_capability) -> str:
+    """File name of a builder timing cache: tactic timings belong to one TensorRT and one GPU."""
+    cc = _cc(compute_capability)
+    fields = {"format": CACHE_FORMAT, "flavour": str(flavour), "version": str(flavour_version),
+              "gpu": str(gpu_name), "cc": cc}
+    return _SAFE.sub("_", f"timing-{flavour}-{flavour_version}-sm{cc.replace('.', '')}-"
+                          f"{_digest(fields)[:12]}.cache")
+
+
+def _cc(compute_capability) -> str:
+    if isinstance(compute_capability, (tuple, list)):
+        return ".".join(str(int(v)) for v in compute_capability)
+    return str(compute_capability)
+
+
+def _digest(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def cached_engine(cache_dir, key: str, build_fn: Callable) -> Path:
@@ -108,7 +142,7 @@ def _build_into(cache_dir: Path, key: str, engine: Path, build_fn: Callable) -> 
         data = result.engine_bytes
         info = {"build_time_s": result.build_time_s, "flavour": result.flavour,
                 "precision": result.precision, "typing": result.typing,
-                "flags": list(result.flags), "profile": result.profile,
+                "flags": list(result.flags), "tf32": result.tf32, "profile": result.profile,
                 "timing_cache": result.timing_cache, "warnings": list(result.warnings)}
         log_path = cache_dir / f"{key}.log"
         atomic_write(log_path, result.log.encode())

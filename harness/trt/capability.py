@@ -31,6 +31,34 @@ from harness.errors import UserError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 NMS_PLUGINS = ("EfficientNMS_TRT", "BatchedNMSDynamic_TRT", "BatchedNMS_TRT")
+# Which NVIDIA TensorRT registers each NMS plugin (NVIDIA/TensorRT plugin/README.md per release:
+# batchedNMSPlugin is [DEPRECATED] since 9.0 and absent from the v11.0 / v11.1 trees and from
+# plugin/api/inferPlugin.cpp there; EfficientNMS_TRT is [DEPRECATED] since 10.12, still
+# registered in 11.1).
+_BATCHED = ("NVIDIA TensorRT 10.x, whose libnvinfer_plugin registers {op} (deprecated since 9.0 and "
+            "removed in TensorRT 11: no TensorRT 11 has it)")
+PLUGIN_AVAILABILITY = {
+    "EfficientNMS_TRT": "NVIDIA TensorRT 10/11, whose libnvinfer_plugin registers EfficientNMS_TRT "
+                        "(deprecated since TensorRT 10.12; INMSLayer, i.e. nms='onnx', replaces it)",
+    "BatchedNMSDynamic_TRT": _BATCHED.format(op="BatchedNMSDynamic_TRT"),
+    "BatchedNMS_TRT": _BATCHED.format(op="BatchedNMS_TRT"),
+}
+EFFICIENT_NMS_DEPRECATION = ("EfficientNMS_TRT is deprecated since TensorRT 10.12 (NVIDIA/TensorRT "
+                             "plugin/efficientNMSPlugin/README.md; still registered in 11.1): "
+                             "nms='onnx' (INMSLayer) is its replacement")
+# In-graph NMS candidate caps that no attribute exposes (per image):
+# * INMSLayer (what TensorRT's ONNX parser makes of NonMaxSuppression): TopK box limit, "the
+#   maximum number of filtered boxes considered for selection per batch item", default 5000
+#   (2000 on SM 5.3/6.2) (NvInfer.h, INMSLayer::setTopKBoxLimit); onnx-tensorrt's
+#   NonMaxSuppression importer calls addNMS and never sets it.
+# * EfficientNMS_TRT: numSelectedBoxes = 5000 (2000 on Jetson TX1/TX2) score elements, i.e.
+#   (box, class) pairs above score_threshold (efficientNMSPlugin.cpp initialize); its README says
+#   "the highest 4096 scores are processed".
+# * BatchedNMSDynamic_TRT: topK <= 4096 (batchedNMSPlugin.cpp maxTopK) and "cannot handle
+#   greater than 4096 rectangles in the input" (its README, Known issues).
+INMS_TOPK_BOX_LIMIT = 5000
+EFFICIENT_NMS_SELECTED = 5000
+BATCHED_NMS_MAX_BOXES = 4096
 # Standard ops a flavour parses but has no builder implementation for (measured).
 UNBUILDABLE_OPS = {
     "tensorrt_rtx": {
@@ -96,7 +124,7 @@ def check_graph(onnx_model_or_path, flavour, precision: str, *,
         have = ", ".join(sorted(flavour.plugins)) or "none"
         if op in NMS_PLUGINS:
             fix = ("export with nms='none' (decoded boxes; NMS on the host) or nms='onnx', or build "
-                   "with NVIDIA TensorRT 10/11, whose libnvinfer_plugin registers " + op)
+                   "with " + PLUGIN_AVAILABILITY[op])
         else:
             fix = f"build with a TensorRT whose plugin library registers {op}, or export without it"
         problems.append(Problem(
@@ -170,6 +198,64 @@ def clamp_pre_topk(requested: int, flavour, policy: str = "clamp") -> tuple[int,
                         f"set eval.pre_topk <= {limit} or policy clamp")
     return limit, (f"pre_topk {requested} clamped to {limit}: TensorRT's TopK limit ({label}); "
                    f"TensorRT results keep at most {limit} candidates per image before NMS")
+
+
+def nms_variant_problem(nms: str, flavour) -> Problem | None:
+    """A variant the flavour cannot have at all, known before any export (BatchedNMS on 11+)."""
+    if nms == "batched_nms" and flavour.name == "tensorrt" and flavour.major >= 11:
+        return Problem(
+            "plugin_removed",
+            f"nms='batched_nms' needs BatchedNMSDynamic_TRT, which {flavour.label} does not have: "
+            f"the BatchedNMS plugins were deprecated in TensorRT 9.0 and removed in TensorRT 11 "
+            f"(only the EfficientNMS variants remain registered).",
+            "use nms='onnx' (INMSLayer) or nms='efficient_nms' (deprecated since 10.12), or "
+            "build with TensorRT 10.x", "BatchedNMSDynamic_TRT")
+    return None
+
+
+def nms_candidate_cap(nms: str, pre_topk: int | None, num_boxes: int, num_classes: int) -> dict:
+    """What an in-graph NMS really considers per image, beyond detbench's own pre-top-k.
+
+    Returns ``{"variant", "pre_topk", "boxes_in", "pairs_in", "cap", "cap_unit", "source",
+    "binding"}`` where ``pairs_in`` = boxes after the graph's pre-top-k x classes (each box
+    enters once per class) and ``binding`` says whether the hidden cap can cut candidates
+    (so TensorRT keeps fewer than ONNX Runtime on the same graph).  Empty for ``none``.
+    """
+    if nms == "none":
+        return {}
+    wanted = min(int(pre_topk or num_boxes), int(num_boxes))
+    boxes_in = min(wanted, BATCHED_NMS_MAX_BOXES) if nms == "batched_nms" else wanted
+    pairs = boxes_in * int(num_classes)
+    if nms == "onnx":
+        cap, unit, source = (INMS_TOPK_BOX_LIMIT, "filtered boxes (box, class) per image",
+                             "INMSLayer TopK box limit default (NvInfer.h setTopKBoxLimit; "
+                             "2000 on SM 5.3/6.2), never set by TensorRT's ONNX parser")
+    elif nms == "efficient_nms":
+        cap, unit, source = (EFFICIENT_NMS_SELECTED, "(box, class) scores above score_thr per "
+                             "image", "EfficientNMS_TRT numSelectedBoxes (efficientNMSPlugin.cpp; "
+                             "README: 4096; 2000 on Jetson TX1/TX2)")
+    elif nms == "batched_nms":
+        cap, unit, source = (BATCHED_NMS_MAX_BOXES, "input boxes and topK per class",
+                             "BatchedNMS README: topK <= 4096, cannot handle more than 4096 input "
+                             "boxes")
+    else:
+        raise UserError(f"unknown nms '{nms}'")
+    binding = wanted > cap if nms == "batched_nms" else pairs > cap
+    return {"variant": nms, "pre_topk": pre_topk, "boxes_in": boxes_in, "pairs_in": pairs,
+            "cap": cap, "cap_unit": unit, "source": source, "binding": bool(binding)}
+
+
+def nms_cap_warning(info: dict) -> str | None:
+    """The per-cell warning for ``nms_candidate_cap``'s result (None when the cap cannot bind)."""
+    if not info or not info["binding"]:
+        return None
+    if info["variant"] == "batched_nms":
+        return (f"BatchedNMSDynamic_TRT takes at most {info['cap']} boxes per image: the graph feeds "
+                f"it the top {info['boxes_in']} by score ({info['source']})")
+    return (f"in-graph NMS '{info['variant']}' considers at most {info['cap']} {info['cap_unit']} "
+            f"while the graph gives it up to {info['pairs_in']} ({info['boxes_in']} boxes x classes); "
+            f"with a low score_thr TensorRT keeps fewer candidates than ONNX Runtime on the same "
+            f"graph, expect lower AP ({info['source']})")
 
 
 # --------------------------------------------------------------------------- graph reading

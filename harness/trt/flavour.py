@@ -189,14 +189,24 @@ def registered_plugins(module) -> set[str]:
 _keep_alive: list = []
 
 
+# A probe result below this is not TensorRT's TopK limit but something else refusing K
+# (TensorRT 8.6 documented k <= 1024; every TensorRT 10/11 and RTX says 3840).
+TOPK_PROBE_FLOOR = 1024
+
+
 def probe_topk_max(module) -> tuple[int | None, str]:
     """The largest K that ``INetworkDefinition.add_topk`` accepts, found by bisection.
 
     Neither TensorRT nor TensorRT-RTX exposes the limit as an attribute; the
     network API refuses a K above it at once (RTX 1.7.1: "Invalid TopK K: 3841.
-    Valid range of TopK K is [0, 3841)"), which costs no engine build.  Needs a
-    ``Builder``; TensorRT 10's needs a GPU, so without one the documented 3840
-    is returned with its source.
+    Valid range of TopK K is [0, 3841)"), which costs no engine build.  The
+    probe's input has a *dynamic* reduced axis, so a TensorRT that also checks
+    ``k <= d`` at layer creation has no small ``d`` to check against (a fixed
+    axis of width 8 would make such a TensorRT report 8 and clamp every
+    ``pre_topk`` to 8); a static 2**20-wide axis is the fallback when dynamic
+    inputs are refused.  A result below ``TOPK_PROBE_FLOOR`` is not believed:
+    the documented 3840 is used and the source says why.  Needs a ``Builder``;
+    TensorRT 10's needs a GPU, so without one the documented value is returned.
     """
     from harness.trt.logger import capture_logger
 
@@ -204,7 +214,10 @@ def probe_topk_max(module) -> tuple[int | None, str]:
         logger = capture_logger(module, "error")
         builder = module.Builder(logger)
         network = builder.create_network(strongly_typed_flags(module))
-        x = network.add_input("x", module.float32, (1, 8))
+        axis = "dynamic"
+        x = network.add_input("x", module.float32, (1, -1))
+        if x is None:
+            axis, x = "static 1048576", network.add_input("x_static", module.float32, (1, 1 << 20))
         op = module.TopKOperation.MAX
 
         def accepts(k: int) -> bool:
@@ -223,7 +236,12 @@ def probe_topk_max(module) -> tuple[int | None, str]:
                 lo = mid
             else:
                 hi = mid
-        return lo, f"probe: {module.__name__} INetworkDefinition.add_topk accepts k <= {lo}"
+        if lo < TOPK_PROBE_FLOOR:
+            return DOCUMENTED_TOPK_MAX, (f"probe on a {axis} axis gave k <= {lo}, below the sanity "
+                                         f"floor {TOPK_PROBE_FLOOR} (not a TopK limit); using the "
+                                         f"{DOCUMENTED_TOPK_SOURCE}")
+        return lo, (f"probe: {module.__name__} INetworkDefinition.add_topk accepts k <= {lo} "
+                    f"(on a {axis} axis)")
     except Exception as exc:
         return DOCUMENTED_TOPK_MAX, f"{DOCUMENTED_TOPK_SOURCE}; probe failed: {exc}"
 
