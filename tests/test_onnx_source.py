@@ -386,3 +386,12 @@ def test_dets_or_single_class_v5_is_ambiguous(tmp_path):
         resolve(path)
     c = resolve(path, output={"convention": "yolo_raw", "raw_layout": "v5"})
     assert (c.convention, c.num_classes) == ("yolo_raw", 1)
+
+
+def test_reference_rule_is_validated_in_the_matrix():
+    from harness import matrix as mx
+    from harness.errors import UserError
+
+    with pytest.raises(UserError, match=r"models\[0\]\.onnx\.reference\.backend: .*'onnxruntime' or 'tensorrt'"):
+        mx.parse({"models": [{"name": "x", "onnx": {"path": "m.onnx", "reference": {"backend": "pytorch"}}}],
+                  "backends": ["onnxruntime"], "dataset": {"synth": {}}})

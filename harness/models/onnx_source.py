@@ -91,9 +91,9 @@ class OutputContract(_Strict):
 class ReferenceRule(_Strict):
     """The cell an ONNX model's cells are aligned with (default: ONNX Runtime, CPU, fp32)."""
 
-    backend: str = "onnxruntime"
-    precision: str = "fp32"
-    device: str = "cpu"
+    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
 
 
 class OnnxSource(_Strict):
