@@ -84,14 +84,34 @@ def cmd_plan(args) -> int:
     from harness import matrix as mx
     from harness.cli_views import print_plan
 
+    from harness.models import onnx_source
+
     m, _ = mx.load(args.matrix)
+    contracts = onnx_source.check_matrix(m.models, args.matrix)
     cells = mx.expand(m)
+    onnx_source.apply_to_cells(cells, contracts)
     if args.json:
         print(json.dumps({"matrix": args.matrix, "backends": _availability(),
-                          "cells": [_plan_entry(c) for c in cells]}, indent=2))
+                          "cells": [_plan_entry(c) for c in cells],
+                          "onnx_models": {name: {"contract": c.as_dict(), "inferred": c.inferred}
+                                          for name, c in contracts.items()}}, indent=2))
     else:
         print_plan(m, cells, _availability())
+        onnx_source.print_contracts(contracts)
+        _print_ultralytics(m)
     return EXIT_OK
+
+
+def _print_ultralytics(m) -> None:
+    from harness.models import ultralytics_source as us
+
+    for spec in m.models:
+        if spec.ultralytics is not None:
+            python = us.interpreter(spec.ultralytics.model_dump())
+            version = us.exporter_version(python)
+            how = f"ultralytics {version}" if version else f"NOT INSTALLED for {python}: its cells will be skipped"
+            print(f"ultralytics model {spec.name}: {spec.ultralytics.model}, exported to ONNX inside each cell "
+                  f"by {how}; then run as yolo_raw v8 (letterbox 114, RGB, /255, names from the export)")
 
 
 def _plan_entry(cell: dict) -> dict:
@@ -114,6 +134,11 @@ def cmd_run(args) -> int:
         raise UserError("give a matrix file to start a run, or --resume RUN_ID to finish one")
     if args.force and not args.resume:
         raise UserError("--force reruns the cells of an existing run: use it with --resume RUN_ID")
+    if args.matrix:  # a bad ONNX model is a user error before the store is touched
+        from harness import matrix as mx
+        from harness.models import onnx_source
+
+        onnx_source.check_matrix(mx.load(args.matrix)[0].models, args.matrix)
     store = _store(args)
     cache = Path(args.cache_dir).resolve()
     run_id = store.get_run(args.resume).id if args.resume else orchestrator.create_run(store, args.matrix, cache)

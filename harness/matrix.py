@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.backends import BACKENDS
 from harness.errors import UserError
+from harness.models.onnx_source import OnnxSource
 from harness.models.table import MODELS
+from harness.models.ultralytics_source import UltralyticsSource
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEVICES = ("cpu", "cuda")
@@ -32,15 +34,36 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    """A model: a table name and/or an mmyolo config path, and its weights."""
+    """A model: a table name and/or an mmyolo config path and its weights, or an ONNX file (``onnx:``)."""
 
     name: str
     config: Optional[str] = None
-    checkpoint: str = Field(description="path to a .pth file, or 'random' for seeded init weights")
+    checkpoint: Optional[str] = Field(description="path to a .pth file, or 'random' for seeded init "
+                                                  "weights (none for `onnx:` / `ultralytics:` models)")
     trust_checkpoint: bool = False
+    onnx: Optional[OnnxSource] = Field(default=None, description="a user's ONNX model and its contract")
+    ultralytics: Optional[UltralyticsSource] = Field(
+        default=None, description="an Ultralytics model, exported by Ultralytics inside the cell")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _graph_models(cls, data):
+        """An ``onnx:`` / ``ultralytics:`` model is its graph: no config, no checkpoint."""
+        if isinstance(data, dict) and (data.get("onnx") is not None or data.get("ultralytics") is not None):
+            if data.get("onnx") is not None and data.get("ultralytics") is not None:
+                raise ValueError("give either `onnx:` or `ultralytics:`, not both")
+            if "config" in data or "checkpoint" in data:
+                kind = "onnx" if data.get("onnx") is not None else "ultralytics"
+                raise ValueError(f"an `{kind}:` model takes no `config`/`checkpoint` (the graph is the model)")
+            data = {**data, "checkpoint": None}
+        return data
 
     @model_validator(mode="after")
     def _known_or_config(self):
+        if self.onnx is not None or self.ultralytics is not None:
+            return self
+        if self.checkpoint is None:
+            raise ValueError("`checkpoint` must be a .pth path or `random`")
         if self.config is None and self.name not in MODELS:
             raise ValueError(_unknown("model", self.name, MODELS, extra=" (or give `config:`)"))
         return self
@@ -233,6 +256,11 @@ def resolve_paths(m: Matrix, base: Path) -> Matrix:
 
     for spec in m.models:
         spec.config, spec.checkpoint = fix(spec.config), fix(spec.checkpoint)
+        if spec.onnx is not None:
+            spec.onnx.path = fix(spec.onnx.path)
+        u = spec.ultralytics
+        if u is not None and (u.model.endswith(".pt") or (base / u.model).is_file()):
+            u.model = fix(u.model)  # else an Ultralytics config name such as yolov8n.yaml
     for ds in (m.dataset, m.calibration.source):
         if ds is not None:
             ds.images, ds.annotations = fix(ds.images), fix(ds.annotations)
@@ -242,6 +270,8 @@ def resolve_paths(m: Matrix, base: Path) -> Matrix:
 def check_files(m: Matrix, source: str) -> None:
     """Fail before any cell runs when a model's config or checkpoint file is missing."""
     for i, spec in enumerate(m.models):
+        if spec.onnx is not None or spec.ultralytics is not None:
+            continue  # harness.models.onnx_source.check_matrix reads and checks the graph
         if spec.config is not None and not Path(spec.config).is_file():
             raise UserError(f"{source}: models[{i}].config: config '{spec.config}' does not exist")
         if spec.checkpoint != "random" and not Path(spec.checkpoint).is_file():
@@ -348,8 +378,21 @@ def _settle(axes: dict, m: Matrix, spec: ModelSpec) -> dict:
                 settings[key] = ({**settings[key], **value} if isinstance(value, dict) else value)
     cell = {**axes, "key": cell_key(axes), "model_spec": spec.model_dump(), **settings,
             "batch_axis": sorted(m.batch_sizes)}
-    cell["skip_reason"] = BACKENDS[axes["backend"]].static_skip_reason(axes)
+    cell["skip_reason"] = BACKENDS[axes["backend"]].static_skip_reason(axes) or _onnx_skip(spec, axes)
     return cell
+
+
+def _onnx_skip(spec: ModelSpec, axes: dict) -> str | None:
+    """What an ``onnx:`` model can never run: PyTorch, and the nms axis (its NMS is its own)."""
+    if spec.onnx is None and spec.ultralytics is None:
+        return None
+    if axes["backend"] == "pytorch":
+        kind = "onnx" if spec.onnx is not None else "ultralytics"
+        return f"an {kind}: model runs (as ONNX) on onnxruntime and tensorrt, not pytorch"
+    if axes["nms"] != "none":
+        return ("the nms axis applies to detbench's exports; an onnx: model's NMS is given by its "
+                "output convention")
+    return None
 
 
 def cell_key(axes: dict) -> str:

@@ -25,6 +25,9 @@ class OnnxRuntimeRunner(Runner):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise SkipCell("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu); "
                                f"available: {ort.get_available_providers()}")
+        self.input_name, self.source = "images", None
+        if getattr(self.ctx, "is_onnx_source", False):  # stand-in contexts in tests lack it
+            return self._load_onnx_source(ort)
         model_cpu = self.ctx.build_model("cpu")
         self.ctx.stage("export")
         from harness.export.loader import export_for_cell
@@ -38,6 +41,24 @@ class OnnxRuntimeRunner(Runner):
                                             providers=self._providers())
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.info.facts.update({**facts, **precision_facts, "onnxruntime": ort.__version__,
+                                "providers": self.session.get_providers(),
+                                "provider_options": _jsonable(self.session.get_provider_options()),
+                                "model_file": str(onnx_path)})
+        self.info.artifacts["onnx"] = str(onnx_path)
+
+    def _load_onnx_source(self, ort) -> None:
+        """A user's ONNX file (``onnx:`` model): used as given, its contract applied around it."""
+        from harness.backends.onnx_model import OnnxModel
+
+        self.source = OnnxModel(self.ctx, self.info)
+        self.source.load()
+        self.input_name = self.source.contract.input_name
+        self.ctx.stage("build")
+        onnx_path, precision_facts = self.source.precision_graph()
+        self.session = ort.InferenceSession(str(onnx_path), self._session_options(ort),
+                                            providers=self._providers())
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.info.facts.update({**precision_facts, "onnxruntime": ort.__version__,
                                 "providers": self.session.get_providers(),
                                 "provider_options": _jsonable(self.session.get_provider_options()),
                                 "model_file": str(onnx_path)})
@@ -80,17 +101,18 @@ class OnnxRuntimeRunner(Runner):
     def forward(self, inputs):
         if self.kind == "cuda":
             return self.bind_forward(inputs)()
-        return self.session.run(self.output_names, {"images": inputs.cpu().numpy()})
+        return self.session.run(self.output_names, {self.input_name: inputs.cpu().numpy()})
 
     def bind_forward(self, inputs):
         if self.kind != "cuda":
             x = inputs.cpu().numpy()
-            return lambda: self.session.run(self.output_names, {"images": x})
+            return lambda: self.session.run(self.output_names, {self.input_name: x})
         import numpy as np
 
         x = inputs.to(f"cuda:{self.device_index}", dtype=inputs.dtype).contiguous()
         binding = self.session.io_binding()
-        binding.bind_input("images", "cuda", self.device_index, np.float32, list(x.shape), x.data_ptr())
+        np_dtype = {"torch.float32": np.float32, "torch.float16": np.float16, "torch.uint8": np.uint8}[str(x.dtype)]
+        binding.bind_input(self.input_name, "cuda", self.device_index, np_dtype, list(x.shape), x.data_ptr())
         for name in self.output_names:
             binding.bind_output(name, "cuda", self.device_index)
 
@@ -103,6 +125,8 @@ class OnnxRuntimeRunner(Runner):
 
     def postprocess(self, raw, metas):
         outputs = raw.copy_outputs_to_cpu() if hasattr(raw, "copy_outputs_to_cpu") else raw
+        if self.source is not None:
+            return self.source.postprocess(self.output_names, outputs, metas)
         if self.cell["nms"] == "none":
             from harness.export.host_nms import host_postprocess
 
@@ -112,6 +136,10 @@ class OnnxRuntimeRunner(Runner):
         return decode_nms_outputs(outputs, metas)
 
     def decoded(self, prepared):
+        if self.source is not None:
+            raw = self.forward(prepared.inputs)
+            outs = raw.copy_outputs_to_cpu() if hasattr(raw, "copy_outputs_to_cpu") else raw
+            return self.source.decoded(self.output_names, outs)
         if self.cell["nms"] != "none":
             return None
         raw = self.forward(prepared.inputs)

@@ -37,6 +37,7 @@ class EngineExecutionError(UserError):
 
 class TensorRTRunner(Runner):
     input_name = "images"
+    source = None  # an onnx: model (harness.backends.onnx_model.OnnxModel), set by build()
 
     def load(self) -> None:
         self.build()
@@ -56,6 +57,9 @@ class TensorRTRunner(Runner):
                                        "topk_max_source": getattr(self.flavour, "topk_max_source", "")}
         self._check_nms_variant()  # before any export: a variant this TensorRT cannot have
         self._select_device()
+        self.source = None
+        if getattr(self.ctx, "is_onnx_source", False):  # stand-in contexts in tests lack it
+            return self._build_onnx_source()
         model_cpu = self.ctx.build_model("cpu")
         self.test_cfg = self.ctx.mm_test_cfg(model_cpu.bbox_head.test_cfg)
         pre_topk = self._pre_topk()
@@ -70,6 +74,30 @@ class TensorRTRunner(Runner):
         self._refuse(check_graph(onnx_path, self.flavour, "fp32"))  # before calibrating anything
         graph, calibrator = self._precision_graph(onnx_path)
         self._refuse(check_graph(graph, self.flavour, self.cell["precision"],
+                                 calibrator_available=calibrator is not None))
+        self.engine_path = self._engine(graph, calibrator)
+        return self.engine_path
+
+    def _build_onnx_source(self) -> Path:
+        """A user's ONNX file: the same capability checks and build, its own Q/DQ used as is."""
+        from harness.backends.onnx_model import OnnxModel
+        from harness.trt.capability import check_graph
+
+        self.source = OnnxModel(self.ctx, self.info)
+        self.source.load()
+        c = self.source.contract
+        self.input_name = c.input_name
+        self.ctx.stage("build")
+        self._refuse(check_graph(c.path, self.flavour, "fp32"))
+        precision = self.cell["precision"]
+        if precision == "int8" and c.has_qdq:
+            graph, calibrator = Path(c.path), None
+            self.info.facts["precision_source"] = "the graph's own Q/DQ nodes, used as is"
+        elif precision == "fp16" and c.has_qdq:
+            raise SkipCell("the graph already holds Q/DQ nodes (an int8 model): fp16 does not apply")
+        else:
+            graph, calibrator = self._precision_graph(Path(c.path))
+        self._refuse(check_graph(graph, self.flavour, precision,
                                  calibrator_available=calibrator is not None))
         self.engine_path = self._engine(graph, calibrator)
         return self.engine_path
@@ -154,10 +182,12 @@ class TensorRTRunner(Runner):
             self.info.facts.update({"calibration_method": c["method"], "calibration_cache": str(cache),
                                     "calibration_data_sha256": calib.sha256,
                                     "calibration_images": calib.images})
-            return onnx_path, make_calibrator(self.flavour.module, c["method"], calib.batches, cache)
+            return onnx_path, make_calibrator(self.flavour.module, c["method"], calib.batches, cache,
+                                                input_name=self.input_name)
         from harness.calibration.qdq import quantize_qdq
 
-        path, info = quantize_qdq(onnx_path, calib, c["method"], c["percentile"], self.ctx.cache_dir)
+        path, info = quantize_qdq(onnx_path, calib, c["method"], c["percentile"], self.ctx.cache_dir,
+                                  input_name=self.input_name)
         self.info.facts.update(info)
         return path, None
 
@@ -177,7 +207,7 @@ class TensorRTRunner(Runner):
         engine = cached_engine(cache_dir, key, lambda: build_engine(
             graph, flavour=self.flavour, precision=self.cell["precision"], profile=profile,
             calibrator=calibrator, timing_cache_path=cache_dir / timing_cache_name(
-                self.flavour.name, self.flavour.version, gpu, cc)))
+                self.flavour.name, self.flavour.version, gpu, cc), input_name=self.input_name))
         meta = engine_meta(engine)
         self.info.facts["engine"] = {k: meta.get(k) for k in (
             "engine_size", "sha256", "build_time_s", "typing", "flags", "tf32", "profile",
@@ -190,6 +220,9 @@ class TensorRTRunner(Runner):
     def profile(self) -> tuple[int, int, int]:
         """(min, opt, max) batch: min 1, so the accuracy pass's short last chunk (500 images at
         batch 8 leave 4) is inside the profile; opt the cell's batch; max the matrix's largest."""
+        fixed = self.source.contract.batch if getattr(self, "source", None) is not None else None
+        if fixed:  # an onnx: model whose graph has a static batch: the only shape it takes
+            return fixed, fixed, fixed
         batches = self.cell.get("batch_axis") or [self.cell["batch"]]
         return 1, self.cell["batch"], max(max(batches), self.cell["batch"])
 
@@ -222,7 +255,9 @@ class TensorRTRunner(Runner):
         self.stream = torch.cuda.Stream(device=self.device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         outputs = {n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT}
-        wanted = OUTPUT_NAMES[self.cell["nms"]]
+        # an onnx: model's outputs are whatever its graph has (its contract names the roles)
+        wanted = OUTPUT_NAMES[self.cell["nms"]] if self.source is None else [
+            n for n in names if n in outputs]
         if self.input_name not in names or set(wanted) - outputs:
             raise EngineExecutionError(
                 f"engine {self.engine_path.name} has tensors {names}; detbench's "
@@ -247,7 +282,8 @@ class TensorRTRunner(Runner):
         """Set shapes and addresses once; the timed call is ``execute_async_v3`` alone."""
         import torch
 
-        x = inputs.to(self.device, torch.float32).contiguous()
+        dtype = inputs.dtype if self.source is not None else torch.float32  # an onnx: model's own dtype
+        x = inputs.to(self.device, dtype).contiguous()
         shape = tuple(x.shape)
         if not self.context.set_input_shape(self.input_name, shape):
             raise EngineExecutionError(
@@ -338,6 +374,8 @@ class TensorRTRunner(Runner):
         return graph.replay
 
     def postprocess(self, raw, metas):
+        if self.source is not None:
+            return self.source.postprocess(self.output_names, raw, metas)
         if self.cell["nms"] == "none":
             from harness.backends.base import Detections
             from harness.export.host_nms import host_postprocess
@@ -348,6 +386,8 @@ class TensorRTRunner(Runner):
         return decode_nms_outputs([o.cpu() for o in raw], metas)
 
     def decoded(self, prepared):
+        if self.source is not None and getattr(self, "context", None) is not None:
+            return self.source.decoded(self.output_names, self.forward(prepared.inputs))
         if self.cell["nms"] != "none" or getattr(self, "context", None) is None:
             return None
         boxes, scores = self.forward(prepared.inputs)

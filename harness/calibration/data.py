@@ -17,7 +17,7 @@ from harness.errors import UserError
 
 @dataclass(frozen=True)
 class CalibrationSet:
-    batches: list  # numpy float32 arrays (n, 3, H, W), preprocessed exactly like inference
+    batches: list  # numpy arrays (n, 3, H, W) (float32, or the ONNX model's input dtype/layout), preprocessed exactly like inference
     sha256: str  # of the preprocessed tensors: identifies the data in caches and provenance
     images: int
     source: str
@@ -69,7 +69,9 @@ def build_calibration_set(files: list[Path], pre, batch: int, source: str) -> Ca
     batches, digest = [], hashlib.sha256()
     for start in range(0, len(arrays), batch):
         chunk = arrays[start:start + batch]
-        x = pre(chunk, list(range(start, start + len(chunk)))).inputs.cpu().numpy().astype(np.float32)
+        x = pre(chunk, list(range(start, start + len(chunk)))).inputs.cpu().numpy()
+        if x.dtype not in (np.uint8, np.float16):  # a user's ONNX model may take uint8 or fp16 input
+            x = x.astype(np.float32)
         digest.update(x.tobytes())
         batches.append(x)
     return CalibrationSet(batches, digest.hexdigest(), len(arrays), source)

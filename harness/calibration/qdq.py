@@ -27,8 +27,12 @@ SETTINGS = {"quant_format": "QDQ", "activation_type": "QInt8", "weight_type": "Q
 HIST_OPTIONS = {"num_bins": 2048, "num_quantized_bins": 128, "symmetric": True}
 
 
-def quantize_qdq(fp32_onnx: Path, calib, method: str, percentile: float, cache_dir: Path) -> tuple[Path, dict]:
-    """The Q/DQ int8 model for (ONNX, calibration data, method), built once and cached."""
+def quantize_qdq(fp32_onnx: Path, calib, method: str, percentile: float, cache_dir: Path,
+                 input_name: str = "images") -> tuple[Path, dict]:
+    """The Q/DQ int8 model for (ONNX, calibration data, method), built once and cached.
+
+    ``input_name``: the graph's image input (a user's ONNX model names it its own way).
+    """
     import onnxruntime
 
     opts = {"method": method, **({"percentile": percentile} if method == "percentile" else {})}
@@ -36,7 +40,8 @@ def quantize_qdq(fp32_onnx: Path, calib, method: str, percentile: float, cache_d
                                      onnxruntime.__version__]).encode()).hexdigest()[:20]
     folder = Path(cache_dir) / "int8"
     ranges = cache.cached(folder / f"{key}.calib.json",
-                          lambda staged: _write_ranges(fp32_onnx, calib, method, percentile, staged))
+                          lambda staged: _write_ranges(fp32_onnx, calib, method, percentile, staged,
+                                                       input_name))
     out = cache.cached(folder / f"{key}.qdq.onnx",
                        lambda staged: _quantize(fp32_onnx, method, ranges, staged))
     info = {"calibration_method": method, **opts, "calibration_images": calib.images,
@@ -73,7 +78,8 @@ class _Reader:
         return None if batch is None else {self.input_name: batch}
 
 
-def _write_ranges(fp32_onnx: Path, calib, method: str, percentile: float, ranges: Path) -> None:
+def _write_ranges(fp32_onnx: Path, calib, method: str, percentile: float, ranges: Path,
+                  input_name: str = "images") -> None:
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
     extra = {} if method == "minmax" else dict(HIST_OPTIONS)
@@ -84,7 +90,7 @@ def _write_ranges(fp32_onnx: Path, calib, method: str, percentile: float, ranges
         calibrator = create_calibrator(model, SETTINGS["op_types_to_quantize"],
                                        augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=_method_enum(method), extra_options=extra)
-        calibrator.collect_data(_Reader(calib.batches))
+        calibrator.collect_data(_Reader(calib.batches, input_name))
         data = calibrator.compute_data()
         tmp_ranges = Path(tmp) / "ranges.json"
         save_tensors_data(data, tmp_ranges)

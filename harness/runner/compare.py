@@ -168,7 +168,7 @@ def print_table(run_id: str, records: list[dict]) -> None:
     from harness.evaluate.alignment.table import COLUMNS, row
 
     con = Console(file=sys.stdout, width=220 if not sys.stdout.isatty() else None)
-    table = Table(title=f"alignment of run {run_id} with its PyTorch fp32 references")
+    table = Table(title=f"alignment of run {run_id} with its reference cells (PyTorch fp32; onnx: models: their named reference)")
     for col in COLUMNS:
         table.add_column(col, overflow="fold")
     for record in records:

@@ -17,6 +17,7 @@ class CellContext:
     cache_dir: Path
     notes: list = field(default_factory=list)
     stages: object = None  # the worker's stage tracker: runners report export/build through it
+    export_facts: dict = field(default_factory=dict)  # an ultralytics: model's exporter and version
 
     def stage(self, name: str) -> None:
         if self.stages is not None:
@@ -29,7 +30,31 @@ class CellContext:
     @property
     def config_path(self) -> Path:
         spec = self.model_spec
+        if spec.get("onnx"):
+            return Path(spec["onnx"]["path"])  # an ONNX model's "config" is its graph
+        if spec.get("ultralytics"):
+            return Path(self.onnx_contract.path)  # the graph Ultralytics exported in this cell
         return Path(spec["config"]) if spec.get("config") else packaged_config(spec["name"])
+
+    @property
+    def is_onnx_source(self) -> bool:
+        return bool(self.model_spec.get("onnx") or self.model_spec.get("ultralytics"))
+
+    @cached_property
+    def onnx_contract(self):
+        """The resolved contract of an ``onnx:`` model (sniffed again here: the same answer as plan);
+        an ``ultralytics:`` model is exported first (stage ``export``) by Ultralytics' exporter."""
+        from harness.models.onnx_source import resolve
+
+        spec = self.model_spec
+        if spec.get("ultralytics"):
+            from harness.models import ultralytics_source as us
+
+            self.stage("export")
+            path, self.export_facts = us.export(spec["ultralytics"], self.cell["imgsz"], self.cache_dir)
+            block = us.onnx_block(spec["ultralytics"], path, self.export_facts["ultralytics"]["names"])
+            return resolve(block, f"models[{spec['name']}].ultralytics")
+        return resolve(spec["onnx"], f"models[{spec['name']}].onnx")
 
     @cached_property
     def cfg(self):
@@ -51,6 +76,10 @@ class CellContext:
                            trust_checkpoint=spec.get("trust_checkpoint", False))
 
     def preprocessor(self, device: str):
+        if self.is_onnx_source:
+            from harness.models.onnx_preprocess import OnnxPreprocessor
+
+            return OnnxPreprocessor(self.onnx_contract, self.cell["imgsz"], device)
         from harness.models.preprocess import Preprocessor
 
         return Preprocessor(self.cfg, device)
@@ -69,9 +98,17 @@ class CellContext:
             cfg.max_per_img = ev["keep_topk"]
         return cfg
 
+    def onnx_test_cfg(self) -> dict:
+        """Host NMS settings of an ONNX model: mmyolo's YOLOv8 test_cfg, the matrix's eval on top."""
+        from mmengine.config import ConfigDict
+
+        base = ConfigDict(multi_label=True, nms_pre=30000, score_thr=0.001,
+                          nms=dict(type="nms", iou_threshold=0.7), max_per_img=300)
+        return self.mm_test_cfg(base)
+
     def effective_eval(self) -> dict:
         """The settings actually used, recorded with the cell so results are interpretable."""
-        cfg = self.mm_test_cfg(self.cfg.model.test_cfg)
+        cfg = self.mm_test_cfg(self.cfg.model.test_cfg) if not self.is_onnx_source else self.onnx_test_cfg()
         return {"score_thr": cfg.get("score_thr"), "iou_thr": cfg.nms.iou_threshold,
                 "pre_topk": cfg.get("nms_pre", -1), "keep_topk": cfg.get("max_per_img"),
                 "multi_label": cfg.get("multi_label", False),

@@ -42,9 +42,15 @@ def create_run(store, matrix_path: str | Path, cache_dir: Path) -> str:
     """Validate the matrix, resolve its dataset, and record a run with all its cells pending."""
     m, text = mx.load(matrix_path)
     mx.check_files(m, str(matrix_path))
+    from harness.models import onnx_source
+
+    contracts = onnx_source.check_matrix(m.models, str(matrix_path))
     dataset = resolve_dataset(m.dataset, cache_dir, where=f"{matrix_path}: dataset")
+    onnx_source.check_classes(contracts, m.models, dataset, str(matrix_path))
+    expanded = mx.expand(m)
+    onnx_source.apply_to_cells(expanded, contracts)
     cells = []
-    for position, cell in enumerate(mx.expand(m)):
+    for position, cell in enumerate(expanded):
         cell["dataset"] = dataset
         cells.append({"key": cell["key"], "position": position, "model": cell["model"],
                       "backend": cell["backend"], "precision": cell["precision"],

@@ -112,7 +112,9 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
 def _checkpoint_hash(ctx: CellContext) -> str:
     from harness.measure.provenance import file_hash
 
-    ckpt = ctx.model_spec["checkpoint"]
+    ckpt = ctx.model_spec.get("checkpoint")
+    if ckpt is None:  # an onnx: model: its graph's hash is the config_hash
+        return None
     return "random" if ckpt == "random" else file_hash(ckpt)
 
 

@@ -14,17 +14,31 @@ def _reference_rank(cell, ref) -> tuple:
     return (ref.batch != 1, ref.batch, ref.device != cell.device, ref.nms != "none", ref.position)
 
 
+def reference_rule(cell) -> tuple[str, str, str | None]:
+    """(backend, precision, device or None): PyTorch fp32 for mmyolo models; for an ``onnx:``
+    model the matrix's ``reference`` (default ONNX Runtime fp32 on CPU), no PyTorch needed."""
+    spec = (cell.params or {}).get("model_spec") or {}
+    onnx = spec.get("onnx") or spec.get("ultralytics")
+    if onnx:
+        ref = onnx.get("reference") or {}
+        return ref.get("backend", "onnxruntime"), ref.get("precision", "fp32"), ref.get("device", "cpu")
+    return REFERENCE_BACKEND, REFERENCE_PRECISION, None
+
+
 def reference_for(cell, cells) -> tuple[object | None, str | None]:
     """``(reference, None)`` or ``(None, why there is none)``; a reference is its own reference."""
+    backend, precision, device = reference_rule(cell)
     same = [c for c in cells if c.model == cell.model and c.imgsz == cell.imgsz
-            and c.backend == REFERENCE_BACKEND and c.precision == REFERENCE_PRECISION]
+            and c.backend == backend and c.precision == precision
+            and (device is None or c.device == device)]
     ok = sorted((c for c in same if c.status == "ok"), key=lambda c: _reference_rank(cell, c))
     if ok:
         return ok[0], None
     if same:
         states = ", ".join(f"{c.key} is {c.status}" for c in same)
         return None, f"no reference: {states}"
-    return None, (f"no reference: the run has no {REFERENCE_BACKEND} {REFERENCE_PRECISION} cell "
+    where = f" on {device}" if device else ""
+    return None, (f"no reference: the run has no {backend} {precision} cell{where} "
                   f"of {cell.model} at imgsz {cell.imgsz}")
 
 
