@@ -6,9 +6,12 @@ with exit code 2; cells that failed give exit code 3; bugs keep their traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from harness.errors import UserError
@@ -69,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"detbench: error: {exc}", file=sys.stderr)
         return EXIT_USER
-    except KeyboardInterrupt:
-        print("detbench: interrupted; resume with `detbench run --resume <run-id>`", file=sys.stderr)
+    except KeyboardInterrupt:  # before a run exists (cmd_run reports its own interruptions)
+        print("detbench: interrupted", file=sys.stderr)
         return 130
 
 
@@ -81,11 +84,11 @@ def _store(args, **kw):
 
 
 def cmd_plan(args) -> int:
-    from harness import matrix as mx
     from harness.cli_views import print_plan
+    from harness.runner.orchestrator import plan
 
-    m, _ = mx.load(args.matrix)
-    cells = mx.expand(m)
+    planned = plan(args.matrix)
+    m, cells = planned.matrix, planned.cells
     if args.json:
         print(json.dumps({"matrix": args.matrix, "backends": _availability(),
                           "cells": [_plan_entry(c) for c in cells]}, indent=2))
@@ -114,15 +117,45 @@ def cmd_run(args) -> int:
         raise UserError("give a matrix file to start a run, or --resume RUN_ID to finish one")
     if args.force and not args.resume:
         raise UserError("--force reruns the cells of an existing run: use it with --resume RUN_ID")
+    # the matrix is validated before the store is opened: an invalid one creates no database
+    planned = orchestrator.plan(args.matrix) if args.matrix else None
     store = _store(args)
     cache = Path(args.cache_dir).resolve()
-    run_id = store.get_run(args.resume).id if args.resume else orchestrator.create_run(store, args.matrix, cache)
+    if args.resume:
+        run_id = store.get_run(args.resume).id
+    else:
+        run_id = orchestrator.create_run(store, args.matrix, cache, planned)
     print(f"run {run_id}  (store {args.db})", file=sys.stderr)
-    with RunProgress() as progress:
-        orchestrator.execute(store, run_id, cache, force=args.force, on_event=progress.event)
+    try:
+        with _sigterm_as_interrupt() as received, RunProgress() as progress:
+            orchestrator.execute(store, run_id, cache, force=args.force, on_event=progress.event)
+    except KeyboardInterrupt:
+        how = "terminated (SIGTERM)" if received else "interrupted"
+        print(f"detbench: {how}; run {run_id} is marked interrupted and its unfinished cells pending: "
+              f"resume with `detbench run --resume {run_id} --db {args.db}`", file=sys.stderr)
+        return 128 + (signal.SIGTERM if received else signal.SIGINT)
     cells = store.cells(run_id)
     print_summary(store.get_run(run_id), cells)
     return EXIT_FAILED_CELLS if any(c.status == "failed" for c in cells) else EXIT_OK
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler's stop, `kill`) is handled like Ctrl-C; yields the signals received."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, _frame):
+        received.append(signum)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_list(args) -> int:
@@ -161,7 +194,9 @@ def cmd_export(args) -> int:
             "html": lambda: report.to_html(rows, title=f"detbench run {run.id} ({run.name})"),
             "json": lambda: report.to_json(run, cells, store.alignments(run.id))}[args.format]()
     if args.output:
-        Path(args.output).write_text(text)
+        from harness.fileio import write_output
+
+        write_output(args.output, text.encode(), what="-o")
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)

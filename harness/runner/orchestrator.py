@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -22,7 +22,7 @@ from harness import __version__
 from harness import matrix as mx
 from harness.data.datasets import resolve_dataset
 from harness.measure import provenance
-from harness.runner.compare import compare_run
+from harness.runner.compare import compare_candidates, compare_run
 
 LOG_TAIL_LINES = 60
 _ROOT = Path(__file__).resolve().parents[2]
@@ -35,15 +35,35 @@ class Outcome:
     stage: Optional[str]
     error: Optional[str]
     duration_s: float
+    warnings: list = field(default_factory=list)
 
 
-def create_run(store, matrix_path: str | Path, cache_dir: Path) -> str:
-    """Validate the matrix, resolve its dataset, and record a run with all its cells pending."""
+@dataclass
+class Plan:
+    """A validated matrix, expanded: everything `detbench plan` shows and `run` records."""
+
+    matrix: mx.Matrix
+    text: str
+    cells: list
+
+
+def plan(matrix_path: str | Path) -> Plan:
+    """Parse, validate and expand a matrix; reads files, writes nothing (user errors: UserError).
+
+    ``detbench plan`` and ``detbench run`` both call this, so what one accepts the other runs.
+    """
     m, text = mx.load(matrix_path)
     mx.check_files(m, str(matrix_path))
+    return Plan(m, text, mx.expand(m))
+
+
+def create_run(store, matrix_path: str | Path, cache_dir: Path, planned: Plan | None = None) -> str:
+    """Resolve a planned matrix's dataset and record a run with all its cells pending."""
+    planned = planned or plan(matrix_path)
+    m, text = planned.matrix, planned.text
     dataset = resolve_dataset(m.dataset, cache_dir, where=f"{matrix_path}: dataset")
     cells = []
-    for position, cell in enumerate(mx.expand(m)):
+    for position, cell in enumerate(planned.cells):
         cell["dataset"] = dataset
         cells.append({"key": cell["key"], "position": position, "model": cell["model"],
                       "backend": cell["backend"], "precision": cell["precision"],
@@ -59,21 +79,32 @@ def create_run(store, matrix_path: str | Path, cache_dir: Path) -> str:
 
 def execute(store, run_id: str, cache_dir: Path, *, force: bool = False,
             on_event: Callable[[str, dict], None] = lambda kind, data: None) -> list[Outcome]:
-    """Run every unfinished cell of a run (every cell with ``force``)."""
+    """Run every unfinished cell of a run (every cell with ``force``).
+
+    Ctrl-C (or SIGTERM turned into KeyboardInterrupt by the CLI) kills the current
+    worker, puts its cell back to ``pending`` and marks the run ``interrupted``, so
+    ``--resume`` redoes exactly the unfinished cells.
+    """
     todo = store.cells_to_run(run_id, force=force)
     on_event("start", {"total": len(todo)})
     outcomes = []
+    current = None
     try:
         for cell in todo:
             on_event("cell", {"key": cell.key, "stage": "starting"})
+            current = cell.id
             store.mark_running(cell.id)
             outcome = run_one(store, run_id, cell, cache_dir,
                               lambda stage, key=cell.key: on_event("cell", {"key": key, "stage": stage}))
+            current = None
             outcomes.append(outcome)
             on_event("done", {"outcome": outcome})
-        on_event("cell", {"key": "alignment with the PyTorch reference", "stage": "compare"})
+        if compare_candidates(store.cells(run_id)):
+            on_event("cell", {"key": "alignment with the PyTorch reference", "stage": "compare"})
         compare_run(store, run_id)
     except KeyboardInterrupt:
+        if current is not None:
+            store.mark_pending(current)
         store.finish_run(run_id, "interrupted")
         raise
     store.finish_run(run_id, "finished")
@@ -94,7 +125,7 @@ def run_one(store, run_id: str, cell, cache_dir: Path, on_stage) -> Outcome:
     result.setdefault("duration_s", time.time() - started)
     store.record_result(cell.id, **_store_fields(result))
     return Outcome(cell.key, result["status"], result.get("stage"), result.get("error"),
-                   result["duration_s"])
+                   result["duration_s"], list(result.get("warnings") or []))
 
 
 def _spawn(work_dir: Path, timeout_s: float, on_stage) -> tuple[int, bool]:
