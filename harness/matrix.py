@@ -447,7 +447,7 @@ def _message(err: dict, root: type[BaseModel] | None = None) -> str:
     kind, value = err["type"], err.get("input")
     if kind in ("int_type", "int_parsing", "int_from_float"):
         if isinstance(value, str):
-            return (f"{_shown(value)} is text, not an integer: write the number in plain digits "
+            return (f"{value!r} is text, not an integer: write the number in plain digits "
                     "without quotes (YAML reads 1e9 or '8' as text), e.g. 8")
         return f"expected an integer, got {_shown(value)}"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
