@@ -119,7 +119,8 @@ def user_errors(url: str, doing: str = "opened") -> Iterator[None]:
     except (OperationalError, InterfaceError) as exc:
         raise UserError(_explain(url, doing, exc)) from None
     except DatabaseError as exc:
-        if type(exc) is not DatabaseError:  # integrity / programming errors are bugs
+        denied = "permission denied" in str(exc.orig).lower() or "read-only" in str(exc.orig).lower()
+        if type(exc) is not DatabaseError and not denied:  # other integrity / SQL errors are bugs
             raise
         raise UserError(_explain(url, doing, exc)) from None
 
@@ -142,6 +143,8 @@ def _fix(url: str, reason: str) -> str:
         if "not a database" in low:
             return f"'{path}' is not a SQLite file: give --db a detbench database or a new file path"
         return f"check that '{path}' is a detbench SQLite file in a readable folder"
+    if "permission denied" in low or "read-only" in low:
+        return "use a role that may create and write tables, or another --db"
     if "does not exist" in low and "database" in low:
         return "create the database (createdb NAME) or fix its name in the --db URL"
     if "connect" in low or "refused" in low or "timeout" in low or "resolve" in low:
