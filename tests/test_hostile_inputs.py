@@ -152,6 +152,32 @@ BAD_DATABASES = [  # (id, --db, setup, fragments, commands)
 ]
 
 CASES = [
+    # malformed matrices (formerly tests/test_cli_errors.py)
+    Case("matrix-bad-yaml", ("run", "m.yaml"), ("not valid YAML at line",),
+         files=matrix("models: [unclosed\n")),
+    Case("matrix-not-mapping", ("run", "m.yaml"), ("a matrix is a YAML mapping",),
+         files=matrix("- just\n- a list\n")),
+    Case("matrix-unknown-key", ("run", "m.yaml"), ("unknown key 'bacthes'", "did you mean 'batch_sizes'"),
+         files=matrix(GOOD + "bacthes: [1]\n")),
+    Case("matrix-unknown-model", ("run", "m.yaml"), ("unknown model 'yolov8_m'",),
+         files=matrix(GOOD.replace("yolov8_n", "yolov8_m"))),
+    Case("matrix-unknown-backend", ("run", "m.yaml"),
+         ("backends[0]: unknown backend 'tensorrrt' — did you mean 'tensorrt'?",),
+         files=matrix(GOOD.replace("[pytorch]", "[tensorrrt]"))),
+    Case("matrix-unknown-precision", ("run", "m.yaml"), ("precisions[1]: unknown precision 'int4'",),
+         files=matrix(GOOD + "precisions: [fp32, int4]\n")),
+    Case("matrix-negative-batch", ("run", "m.yaml"), ("batch_sizes[0]: must be a positive integer",),
+         files=matrix(GOOD + "batch_sizes: [-1]\n")),
+    Case("matrix-missing-dataset", ("run", "m.yaml"), ("dataset: required key missing",),
+         files=matrix(HEAD)),
+    Case("matrix-dataset-files-missing", ("run", "m.yaml"), ("dataset.annotations: '{tmp}/none.json'",),
+         files=matrix(HEAD + "dataset: {images: nowhere, annotations: none.json}\n")),
+    Case("matrix-missing-checkpoint-key", ("run", "m.yaml"), ("models[0].checkpoint: required key missing",),
+         files=matrix(GOOD.replace(", checkpoint: random", ""))),
+    Case("matrix-checkpoint-file-missing", ("run", "m.yaml"), ("checkpoint '{tmp}/nope.pth' does not exist",
+                                                                "or `random`"),
+         files=matrix(GOOD.replace("checkpoint: random", "checkpoint: nope.pth"))),
+    Case("matrix-file-missing", ("plan", "absent.yaml"), ("matrix file 'absent.yaml' does not exist",)),
     # 1. a database that cannot be opened or written, for every command that takes --db
     *[Case(f"db-{name}-{cmd}", (*DB_COMMANDS[cmd], "--db", url), expect, setup=setup,
            files=matrix(GOOD))
