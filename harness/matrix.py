@@ -12,7 +12,7 @@ import hashlib
 import itertools
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError,
@@ -20,7 +20,8 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, Vali
 
 from harness.backends import BACKENDS
 from harness.errors import UserError
-from harness.models.table import MODELS
+from harness.models.mmyolo_build import check_config
+from harness.models.table import MODELS, packaged_config, resolve_config
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEVICES = ("cpu", "cuda")
@@ -279,7 +280,7 @@ def _validated_setting(m: "Matrix", key: str, value: Any, where: tuple) -> Any:
     """An override's value for ``key``, validated by the schema of the top-level key it patches."""
     if key == "timeout_s":
         try:
-            return _positive_seconds().validate_python(value)
+            return _TIMEOUT_S.validate_python(value)
         except ValidationError as exc:
             raise ValueError(f"{_loc(where)}: {_message(exc.errors()[0])}") from None
     spec = _SETTINGS[key]
@@ -294,10 +295,7 @@ def _validated_setting(m: "Matrix", key: str, value: Any, where: tuple) -> Any:
     return {k: dumped[k] for k in value}
 
 
-def _positive_seconds() -> TypeAdapter:
-    from typing import Annotated
-
-    return TypeAdapter(Annotated[float, Field(gt=0)])
+_TIMEOUT_S = TypeAdapter(Annotated[float, Field(gt=0)])
 
 
 def _check_names(what: str, values: list[str], known) -> list[str]:
@@ -345,8 +343,6 @@ def _read_text(path: Path, what: str) -> str:
 def resolve_paths(m: Matrix, base: Path) -> Matrix:
     """Relative paths in a matrix are relative to the matrix file, not the working directory."""
 
-    from harness.models.table import resolve_config
-
     def fix(p: str | None) -> str | None:
         if p is None or p == "random" or Path(p).is_absolute():
             return p
@@ -359,7 +355,8 @@ def resolve_paths(m: Matrix, base: Path) -> Matrix:
     for ov in m.overrides:
         source = (ov.set.get("calibration") or {}).get("source")
         if source:
-            source["images"], source["annotations"] = fix(source.get("images")), fix(source.get("annotations"))
+            source["images"] = fix(source.get("images"))
+            source["annotations"] = fix(source.get("annotations"))
     return m
 
 
@@ -374,11 +371,8 @@ def check_files(m: Matrix, source: str) -> None:
     with mmengine where it is installed, else existence and syntax only); checkpoints,
     dataset and calibration files must exist.
     """
-    from harness.models.mmyolo_build import check_config
-    from harness.models.table import packaged_config
-
     for i, spec in enumerate(m.models):
-        config = spec.config or _packaged(spec.name, packaged_config)
+        config = spec.config or _packaged(spec.name)
         if config is not None:
             try:
                 check_config(config)
@@ -397,7 +391,7 @@ def check_files(m: Matrix, source: str) -> None:
                                  f"{source}: overrides[{i}].set.calibration.source")
 
 
-def _packaged(name: str, packaged_config) -> str | None:
+def _packaged(name: str) -> str | None:
     """The packaged config of a table name; None where mmyolo is not installed (a cell says so)."""
     path = packaged_config(name) if name in MODELS else None
     return None if path is None else str(path)
