@@ -470,3 +470,49 @@ def test_no_compare_progress_for_a_run_with_nothing_to_compare(tmp_path):
         assert {c.status for c in store.cells(run_id)} == {"skipped"}
         orchestrator.execute(store, run_id, tmp_path / "cache", on_event=lambda k, d: events.append((k, d)))
     assert events == [("start", {"total": 0})]
+
+
+def test_killed_orchestrator_leaves_no_worker(tmp_path):
+    """kill -9 of `detbench run` takes its worker down too (PR_SET_PDEATHSIG, set by the worker)."""
+    (tmp_path / "m.yaml").write_text(GOOD)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "DETBENCH_FAULT": "@load:hang"}
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "m.yaml", "--db",
+                             f"sqlite:///{tmp_path / 'results.db'}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        stage = None
+        deadline = time.monotonic() + 240
+        while stage is None and time.monotonic() < deadline:  # the worker reached `load` and hangs
+            stage = next(iter(tmp_path.glob(".detbench/runs/*/*/stage")), None)
+            time.sleep(0.2)
+        assert stage is not None, "the worker never started"
+        workers = _workers_of(stage.parent)
+        assert workers, "no worker process found"
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while _workers_of(stage.parent) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _workers_of(stage.parent), "the worker outlived its orchestrator"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _workers_of(tmp_path):  # only this test's own workers, by id
+            os.kill(pid, signal.SIGKILL)
+
+
+def _workers_of(work_dir: Path) -> list[int]:
+    """Live worker processes whose command line names ``work_dir`` or a folder inside it."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+            state = (cmdline.parent / "stat").read_text().split(") ")[1][0]
+        except OSError:
+            continue
+        named = any(arg.startswith(str(work_dir).encode()) for arg in args)
+        if b"harness.runner.worker" in args and named and state != "Z":
+            found.append(int(cmdline.parent.name))
+    return found

@@ -134,7 +134,8 @@ def _spawn(work_dir: Path, timeout_s: float, on_stage) -> tuple[int, bool]:
     with open(work_dir / "log.txt", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "harness.runner.worker", str(work_dir)],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True, preexec_fn=_die_with_parent)
+                                env={**env, "DETBENCH_PARENT_PID": str(os.getpid())},
+                                start_new_session=True)
         deadline = time.monotonic() + timeout_s
         last_stage = None
         try:
@@ -151,16 +152,6 @@ def _spawn(work_dir: Path, timeout_s: float, on_stage) -> tuple[int, bool]:
             _kill(proc)
             raise
     return proc.returncode, False
-
-
-def _die_with_parent() -> None:
-    """Linux: the worker is killed if the orchestrator dies (SIGKILL leaves no orphans)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _kill(proc: subprocess.Popen) -> None:
