@@ -361,6 +361,8 @@ def _interrupted_process(argv, tmp: Path, sig: int):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+        for pid in _workers_of(tmp):  # only this case's own workers, by id
+            os.kill(pid, signal.SIGKILL)
     return proc.returncode, out, err
 
 

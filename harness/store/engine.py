@@ -10,27 +10,26 @@ import json
 import math
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, InterfaceError, NoSuchModuleError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import (ArgumentError, DatabaseError, DBAPIError, InterfaceError,
+                            NoSuchModuleError, OperationalError)
 from sqlalchemy.pool import QueuePool
 
 from harness.errors import UserError
 
 BUSY_TIMEOUT_S = 30.0
-
-
 URL_HINT = "give e.g. sqlite:///results.db or postgresql+psycopg://USER@HOST:5432/DB"
-#: the extra that installs each server driver detbench supports
-DRIVER_EXTRAS = {"psycopg": "postgres", "psycopg2": "postgres"}
+#: how to get each database driver (psycopg 3 comes with detbench's `postgres` extra)
+DRIVER_FIX = {"psycopg": "pip install 'detbench[postgres]'",
+              "psycopg2": "use postgresql+psycopg://... with pip install 'detbench[postgres]' "
+                          "(or install psycopg2)"}
 
 
 def parse_url(url: str) -> URL:
@@ -102,8 +101,7 @@ def _server_engine(url: str, parsed: URL) -> Engine:
                         f"{URL_HINT}") from None
     except ImportError as exc:  # the dialect exists but its DBAPI driver is not installed
         driver = (exc.name or parsed.get_driver_name()).split(".")[0]
-        extra = DRIVER_EXTRAS.get(driver)
-        fix = (f"pip install 'detbench[{extra}]'" if extra else f"install the Python driver '{driver}'")
+        fix = DRIVER_FIX.get(driver, f"install the Python driver '{driver}'")
         raise UserError(f"database {shown(url)}: the driver '{driver}' is not installed: {fix}") from None
 
 
