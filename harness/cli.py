@@ -126,8 +126,9 @@ def cmd_run(args) -> int:
     else:
         run_id = orchestrator.create_run(store, args.matrix, cache, planned)
     print(f"run {run_id}  (store {args.db})", file=sys.stderr)
+    received: list[int] = []
     try:
-        with _sigterm_as_interrupt() as received, RunProgress() as progress:
+        with _sigterm_as_interrupt(received), RunProgress() as progress:
             orchestrator.execute(store, run_id, cache, force=args.force, on_event=progress.event)
     except KeyboardInterrupt:
         how = "terminated (SIGTERM)" if received else "interrupted"
@@ -140,11 +141,10 @@ def cmd_run(args) -> int:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler's stop, `kill`) is handled like Ctrl-C; yields the signals received."""
-    received: list[int] = []
+def _sigterm_as_interrupt(received: list[int]):
+    """SIGTERM (a scheduler's stop, `kill`) is handled like Ctrl-C; ``received`` collects it."""
     if threading.current_thread() is not threading.main_thread():
-        yield received
+        yield
         return
 
     def handler(signum, _frame):
@@ -153,7 +153,7 @@ def _sigterm_as_interrupt():
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield received
+        yield
     finally:
         signal.signal(signal.SIGTERM, previous)
 
