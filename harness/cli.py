@@ -24,13 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="detbench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def cmd(name, help_):
+    def cmd(name, help_, db=True):  # only commands that open the store take --db
         sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--db", default=os.environ.get("DETBENCH_DB", DEFAULT_DB),
-                        help=f"SQLAlchemy URL of the results store (default {DEFAULT_DB})")
+        if db:
+            sp.add_argument("--db", default=os.environ.get("DETBENCH_DB", DEFAULT_DB),
+                            help=f"SQLAlchemy URL of the results store (default {DEFAULT_DB})")
         return sp
 
-    sp = cmd("plan", "print the cells a matrix expands to; runs nothing")
+    sp = cmd("plan", "print the cells a matrix expands to; runs nothing", db=False)
     sp.add_argument("matrix")
     sp.add_argument("--json", action="store_true")
     sp = cmd("run", "run every cell of a matrix (or resume a run)")
@@ -51,13 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_id")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--recompute", action="store_true", help="redo the analysis from the cell files")
-    sp = cmd("synth", "generate a synthetic COCO-format dataset")
+    sp = cmd("synth", "generate a synthetic COCO-format dataset", db=False)
     sp.add_argument("--out", required=True)
     sp.add_argument("--images", type=int, default=100)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--size", type=int, default=320)
     sp.add_argument("--max-objects", type=int, default=6)
-    cmd("models", "the model names detbench knows")
+    cmd("models", "the model names detbench knows", db=False)
     sp = cmd("dashboard", "the results dashboard (Streamlit, read-only) on http://127.0.0.1:PORT")
     sp.add_argument("--port", type=int, default=8501)
     sp = cmd("db", "store maintenance")
