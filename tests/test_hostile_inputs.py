@@ -104,10 +104,23 @@ def make_readonly(path: Path, mp) -> None:
     if r.returncode != 0:
         pytest.skip(f"running as root, and chattr +i is refused here ({r.stderr.strip()}): no way "
                     "to make a file read-only for root")
-    _IMMUTABLE.append(path)
+    _CLEANUP.append(lambda: subprocess.run(["chattr", "-i", str(path)], check=False))
 
 
-_IMMUTABLE: list[Path] = []
+def pg_readonly_role(_tmp: Path, _mp=None) -> None:
+    """A PostgreSQL role that may log in but not create or write tables (dropped at teardown)."""
+    import psycopg
+
+    def sql(statement: str) -> None:
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
+            conn.execute(statement)
+
+    sql("DROP ROLE IF EXISTS detbench_hostile_ro")
+    sql("CREATE ROLE detbench_hostile_ro LOGIN")
+    _CLEANUP.append(lambda: sql("DROP ROLE IF EXISTS detbench_hostile_ro"))
+
+
+_CLEANUP: list[Callable[[], object]] = []  # undone after each case, whatever happened
 
 
 def interrupted(tmp: Path, line: str) -> None:
@@ -147,6 +160,9 @@ BAD_DATABASES = [  # (id, --db, setup, fragments, commands)
      ("results.db", "is a directory", "give --db a file path"), DB_COMMANDS),
     ("sqlite-random-bytes", "{db}", random_db,
      ("results.db", "file is not a database", "give --db a detbench database"), DB_COMMANDS),
+    ("pg-role-cannot-write", PG_REAL.replace("postgres@", "detbench_hostile_ro@"), pg_readonly_role,
+     ("detbench_hostile_ro@127.0.0.1", "permission denied", "use a role that may create and write"),
+     WRITERS),
     ("sqlite-read-only", "{db}", readonly_db,
      ("results.db", "cannot be", "readonly database", "make", "writable"), WRITERS),
 ]
@@ -330,8 +346,8 @@ def test_hostile_input(case: Case, tmp_path, monkeypatch, capsys):
         if not case.writes:
             assert _snapshot(tmp) == before, "the case wrote or changed files"
     finally:
-        while _IMMUTABLE:
-            subprocess.run(["chattr", "-i", str(_IMMUTABLE.pop())], check=False)
+        while _CLEANUP:
+            _CLEANUP.pop()()
 
 
 def _in_process(argv, monkeypatch, capsys):
