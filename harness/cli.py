@@ -6,9 +6,12 @@ with exit code 2; cells that failed give exit code 3; bugs keep their traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from harness.errors import UserError
@@ -21,13 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="detbench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def cmd(name, help_):
+    def cmd(name, help_, db=True):  # only commands that open the store take --db
         sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--db", default=os.environ.get("DETBENCH_DB", DEFAULT_DB),
-                        help=f"SQLAlchemy URL of the results store (default {DEFAULT_DB})")
+        if db:
+            sp.add_argument("--db", default=os.environ.get("DETBENCH_DB", DEFAULT_DB),
+                            help=f"SQLAlchemy URL of the results store (default {DEFAULT_DB})")
         return sp
 
-    sp = cmd("plan", "print the cells a matrix expands to; runs nothing")
+    sp = cmd("plan", "print the cells a matrix expands to; runs nothing", db=False)
     sp.add_argument("matrix")
     sp.add_argument("--json", action="store_true")
     sp = cmd("run", "run every cell of a matrix (or resume a run)")
@@ -48,13 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_id")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--recompute", action="store_true", help="redo the analysis from the cell files")
-    sp = cmd("synth", "generate a synthetic COCO-format dataset")
+    sp = cmd("synth", "generate a synthetic COCO-format dataset", db=False)
     sp.add_argument("--out", required=True)
     sp.add_argument("--images", type=int, default=100)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--size", type=int, default=320)
     sp.add_argument("--max-objects", type=int, default=6)
-    cmd("models", "the model names detbench knows")
+    cmd("models", "the model names detbench knows", db=False)
     sp = cmd("dashboard", "the results dashboard (Streamlit, read-only) on http://127.0.0.1:PORT")
     sp.add_argument("--port", type=int, default=8501)
     sp = cmd("db", "store maintenance")
@@ -69,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"detbench: error: {exc}", file=sys.stderr)
         return EXIT_USER
-    except KeyboardInterrupt:
-        print("detbench: interrupted; resume with `detbench run --resume <run-id>`", file=sys.stderr)
+    except KeyboardInterrupt:  # before a run exists (cmd_run reports its own interruptions)
+        print("detbench: interrupted", file=sys.stderr)
         return 130
 
 
@@ -81,15 +85,12 @@ def _store(args, **kw):
 
 
 def cmd_plan(args) -> int:
-    from harness import matrix as mx
     from harness.cli_views import print_plan
-
     from harness.models import onnx_source
+    from harness.runner.orchestrator import plan
 
-    m, _ = mx.load(args.matrix)
-    contracts = onnx_source.check_matrix(m.models, args.matrix)
-    cells = mx.expand(m)
-    onnx_source.apply_to_cells(cells, contracts)
+    planned = plan(args.matrix)
+    m, cells, contracts = planned.matrix, planned.cells, planned.contracts
     if args.json:
         print(json.dumps({"matrix": args.matrix, "backends": _availability(),
                           "cells": [_plan_entry(c) for c in cells],
@@ -134,24 +135,50 @@ def cmd_run(args) -> int:
         raise UserError("give a matrix file to start a run, or --resume RUN_ID to finish one")
     if args.force and not args.resume:
         raise UserError("--force reruns the cells of an existing run: use it with --resume RUN_ID")
-    if args.matrix:  # a bad ONNX model is a user error before the store is touched
-        from harness import matrix as mx
-        from harness.models import onnx_source
-
-        onnx_source.check_matrix(mx.load(args.matrix)[0].models, args.matrix)
+    # the matrix (ONNX models included) is validated before the store is opened: an invalid one
+    # creates no database
+    planned = orchestrator.plan(args.matrix) if args.matrix else None
     store = _store(args)
     cache = Path(args.cache_dir).resolve()
-    run_id = store.get_run(args.resume).id if args.resume else orchestrator.create_run(store, args.matrix, cache)
-    with RunProgress() as progress:
-        def on_event(kind: str, data: dict) -> None:
-            if kind == "start":  # printed once the run's lock is held: a refusal is one line
-                progress.progress.console.print(f"run {run_id}  (store {args.db})", highlight=False)
-            progress.event(kind, data)
+    if args.resume:
+        run_id = store.get_run(args.resume).id
+    else:
+        run_id = orchestrator.create_run(store, args.matrix, cache, planned)
+    received: list[int] = []
+    try:
+        with _sigterm_as_interrupt(received), RunProgress() as progress:
+            def on_event(kind: str, data: dict) -> None:
+                if kind == "start":  # printed once the run's lock is held: a refusal is one line
+                    print(f"run {run_id}  (store {args.db})", file=sys.stderr)
+                progress.event(kind, data)
 
-        orchestrator.execute(store, run_id, cache, force=args.force, on_event=on_event)
+            orchestrator.execute(store, run_id, cache, force=args.force, on_event=on_event)
+    except KeyboardInterrupt:
+        how = "terminated (SIGTERM)" if received else "interrupted"
+        print(f"detbench: {how}; run {run_id} is marked interrupted and its unfinished cells pending: "
+              f"resume with `detbench run --resume {run_id} --db {args.db}`", file=sys.stderr)
+        return 128 + (signal.SIGTERM if received else signal.SIGINT)
     cells = store.cells(run_id)
     print_summary(store.get_run(run_id), cells)
     return EXIT_FAILED_CELLS if any(c.status == "failed" for c in cells) else EXIT_OK
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(received: list[int]):
+    """SIGTERM (a scheduler's stop, `kill`) is handled like Ctrl-C; ``received`` collects it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        received.append(signum)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_list(args) -> int:
@@ -190,8 +217,9 @@ def cmd_export(args) -> int:
     alignments = store.alignments(run.id) if args.format == "json" else None
     out = report.export_run(args.format, run, cells, alignments)
     if args.output:
-        path = Path(args.output)
-        path.write_bytes(out) if isinstance(out, bytes) else path.write_text(out)
+        from harness.fileio import write_output
+
+        write_output(args.output, out if isinstance(out, bytes) else out.encode(), what="-o")
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(out)

@@ -89,4 +89,6 @@ class RunProgress:
             style = _STATUS_STYLE.get(o.status, "")
             extra = f" [{o.stage}] {o.error}" if o.status == "failed" else ""
             self.progress.console.print(f"[{style}]{o.status:7s}[/] {o.key} ({o.duration_s:.1f} s){extra}")
+            for warning in getattr(o, "warnings", None) or []:
+                self.progress.console.print(f"        [yellow]warning:[/] {warning}", highlight=False)
             self.progress.advance(self.task)

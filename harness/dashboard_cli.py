@@ -40,10 +40,19 @@ def launch(db: str, port: int = DEFAULT_PORT) -> int:
     if not APP.is_file():
         raise UserError(f"dashboard app not found at {APP}: run detbench from a source checkout "
                         "(pip install -e .)")
+    _check_store(db)
     print(f"detbench dashboard: http://{HOST}:{port}  (store {db}, read-only; Ctrl-C stops it)",
           file=sys.stderr)
     env = {**os.environ, "DETBENCH_DB": db}
     return _call(command(db, port), env)
+
+
+def _check_store(db: str) -> None:
+    """A URL or database that cannot be opened is refused here, in one line, before streamlit
+    starts; a database that does not exist yet is fine (the dashboard says how to create it)."""
+    from harness.store import current_revision
+
+    current_revision(db)
 
 
 def _call(cmd: list[str], env: dict[str, str]) -> int:

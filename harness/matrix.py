@@ -12,21 +12,26 @@ import hashlib
 import itertools
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError,
+                      field_validator, model_validator)
 
 from harness.backends import BACKENDS
 from harness.errors import UserError
+from harness.models.mmyolo_build import check_config
 from harness.models.onnx_source import OnnxSource
-from harness.models.table import MODELS
+from harness.models.table import MODELS, packaged_config, resolve_config
 from harness.models.ultralytics_source import UltralyticsSource
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEVICES = ("cpu", "cuda")
 NMS_VARIANTS = ("none", "onnx", "efficient_nms", "batched_nms")
 AXES = ("model", "backend", "precision", "batch", "imgsz", "device", "nms")
+#: the input tensor of one cell (batch x 3 x imgsz^2 float32) may not exceed this unless the
+#: matrix raises `max_input_gib`: a typo such as `batch_sizes: [1000000000]` is refused at plan time
+MAX_INPUT_GIB = 2.0
 
 
 class _Strict(BaseModel):
@@ -128,15 +133,35 @@ class AlignmentSpec(_Strict):
 
 
 class Rule(_Strict):
-    """A partial cell: any subset of the axes."""
+    """A partial cell: any subset of the axes; a misspelt value is an error, never a silent no-match."""
 
     model: Optional[str] = None
     backend: Optional[str] = None
     precision: Optional[str] = None
-    batch: Optional[int] = None
-    imgsz: Optional[int] = None
+    batch: Optional[StrictInt] = Field(default=None, gt=0)
+    imgsz: Optional[StrictInt] = Field(default=None, gt=0)
     device: Optional[str] = None
     nms: Optional[str] = None
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v):
+        return _check_name("backend", v, BACKENDS)
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v):
+        return _check_name("precision", v, PRECISIONS)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v):
+        return v if v is None else _check_name("device", v.split(":")[0], DEVICES) and v
+
+    @field_validator("nms")
+    @classmethod
+    def _nms(cls, v):
+        return _check_name("nms variant", v, NMS_VARIANTS)
 
     def matches(self, cell: dict) -> bool:
         return all(v is None or cell[k] == v for k, v in self.model_dump().items())
@@ -161,8 +186,8 @@ class Matrix(_Strict):
     models: list[ModelSpec] = Field(min_length=1)
     backends: list[str] = Field(min_length=1)
     precisions: list[str] = Field(default_factory=lambda: ["fp32"], min_length=1)
-    batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1)
-    image_sizes: list[int] = Field(default_factory=lambda: [640], min_length=1)
+    batch_sizes: list[StrictInt] = Field(default_factory=lambda: [1], min_length=1)
+    image_sizes: list[StrictInt] = Field(default_factory=lambda: [640], min_length=1)
     devices: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1)
     nms: list[str] = Field(default_factory=lambda: ["none"], min_length=1)
     exclude: list[Rule] = Field(default_factory=list)
@@ -174,6 +199,8 @@ class Matrix(_Strict):
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     alignment: AlignmentSpec = Field(default_factory=AlignmentSpec)
     timeout_s: float = Field(default=900, gt=0)
+    max_input_gib: float = Field(default=MAX_INPUT_GIB, gt=0,
+                                 description="largest input tensor (batch x 3 x imgsz^2 x 4 bytes) a cell may use")
 
     @field_validator("backends")
     @classmethod
@@ -212,11 +239,86 @@ class Matrix(_Strict):
                                  f"try {max(32, round(x / 32) * 32)}")
         return v
 
+    @model_validator(mode="after")
+    def _input_sizes(self):
+        for i, batch in enumerate(self.batch_sizes):
+            _check_input_size(f"batch_sizes[{i}]", batch, max(self.image_sizes), self.max_input_gib)
+        for i, rule in enumerate(self.include):
+            if rule.batch is not None:
+                _check_input_size(f"include[{i}].batch", rule.batch,
+                                  rule.imgsz or max(self.image_sizes), self.max_input_gib)
+        return self
+
+    @model_validator(mode="after")
+    def _rule_models(self):
+        names = [spec.name for spec in self.models]
+        rules = [(f"{what}[{i}]", r) for what in ("exclude", "include")
+                 for i, r in enumerate(getattr(self, what))]
+        rules += [(f"overrides[{i}].match", ov.match) for i, ov in enumerate(self.overrides)]
+        for where, rule in rules:
+            if rule.model is not None and rule.model not in names:
+                raise ValueError(f"{where}.model: {_unknown('model', rule.model, names)}")
+        return self
+
+    @model_validator(mode="after")
+    def _override_settings(self):
+        """``overrides[].set`` obeys the same schema as the top-level keys it patches."""
+        for i, ov in enumerate(self.overrides):
+            for key, value in ov.set.items():
+                ov.set[key] = _validated_setting(self, key, value, ("overrides", i, "set", key))
+        return self
+
 
 def _unknown(what: str, value: Any, known, extra: str = "") -> str:
     close = difflib.get_close_matches(str(value), [str(k) for k in known], n=1)
     hint = f" — did you mean '{close[0]}'?" if close else f" — known: {', '.join(map(str, known))}"
     return f"unknown {what} '{value}'{extra}{hint}"
+
+
+def _check_name(what: str, value: str | None, known) -> str | None:
+    if value is not None and value not in known:
+        raise ValueError(_unknown(what, value, known))
+    return value
+
+
+def _check_input_size(where: str, batch: int, imgsz: int, limit_gib: float) -> None:
+    size = batch * 3 * imgsz * imgsz * 4
+    if size > limit_gib * 2**30:
+        fits = max(1, int(limit_gib * 2**30 // (3 * imgsz * imgsz * 4)))
+        raise ValueError(f"{where}: batch {batch} at image size {imgsz} needs a {_gib(size)} input "
+                         f"tensor (batch x 3 x {imgsz}^2 x 4 bytes), above `max_input_gib: "
+                         f"{limit_gib:g}`: use a batch of at most {fits}, or raise `max_input_gib` "
+                         "if the machine has the memory")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n < 2**40 else f"{n / 2**40:,.1f} TiB"
+
+
+_SETTINGS = {"eval": EvalSpec, "timing": TimingSpec, "calibration": CalibrationSpec,
+             "alignment": AlignmentSpec}
+
+
+def _validated_setting(m: "Matrix", key: str, value: Any, where: tuple) -> Any:
+    """An override's value for ``key``, validated by the schema of the top-level key it patches."""
+    if key == "timeout_s":
+        try:
+            return _TIMEOUT_S.validate_python(value)
+        except ValidationError as exc:
+            raise ValueError(f"{_loc(where)}: {_message(exc.errors()[0])}") from None
+    spec = _SETTINGS[key]
+    if not isinstance(value, dict):
+        raise ValueError(f"{_loc(where)}: expected a mapping of {key} settings "
+                         f"({', '.join(spec.model_fields)}), got {_shown(value)}")
+    try:
+        merged = spec.model_validate({**getattr(m, key).model_dump(), **value})
+    except ValidationError as exc:
+        raise ValueError(_first_error(exc, root=spec, prefix=where)) from None
+    dumped = merged.model_dump()
+    return {k: dumped[k] for k in value}
+
+
+_TIMEOUT_S = TypeAdapter(Annotated[float, Field(gt=0)])
 
 
 def _check_names(what: str, values: list[str], known) -> list[str]:
@@ -232,9 +334,13 @@ def _check_names(what: str, values: list[str], known) -> list[str]:
 def load(path: str | Path) -> tuple[Matrix, str]:
     """Parse and validate a matrix file; returns the matrix and its raw text."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.y*ml"))[:3]
+        hint = f" (it holds {', '.join(found)})" if found else ""
+        raise UserError(f"matrix '{path}' is a directory{hint}: give the path of a matrix YAML file")
     if not path.is_file():
         raise UserError(f"matrix file '{path}' does not exist")
-    text = path.read_text()
+    text = _read_text(path, "matrix file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -246,6 +352,17 @@ def load(path: str | Path) -> tuple[Matrix, str]:
     return resolve_paths(parse(data, source=str(path)), path.parent), text
 
 
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} '{path}' is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                        f"offset {exc.start}): save it as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"{what} '{path}' could not be read ({exc.strerror}): check its "
+                        "permissions") from None
+
+
 def resolve_paths(m: Matrix, base: Path) -> Matrix:
     """Relative paths in a matrix are relative to the matrix file, not the working directory."""
 
@@ -255,25 +372,42 @@ def resolve_paths(m: Matrix, base: Path) -> Matrix:
         return str((base / p).resolve())
 
     for spec in m.models:
-        spec.config, spec.checkpoint = fix(spec.config), fix(spec.checkpoint)
+        spec.config, spec.checkpoint = resolve_config(spec.config, base), fix(spec.checkpoint)
         if spec.onnx is not None:
             spec.onnx.path = fix(spec.onnx.path)
         u = spec.ultralytics
         if u is not None and (u.model.endswith(".pt") or (base / u.model).is_file()):
             u.model = fix(u.model)  # else an Ultralytics config name such as yolov8n.yaml
-    for ds in (m.dataset, m.calibration.source):
-        if ds is not None:
-            ds.images, ds.annotations = fix(ds.images), fix(ds.annotations)
+    for ds in _datasets(m):
+        ds.images, ds.annotations = fix(ds.images), fix(ds.annotations)
+    for ov in m.overrides:
+        source = (ov.set.get("calibration") or {}).get("source")
+        if source:
+            source["images"] = fix(source.get("images"))
+            source["annotations"] = fix(source.get("annotations"))
     return m
 
 
+def _datasets(m: Matrix) -> list[DatasetSpec]:
+    return [ds for ds in (m.dataset, m.calibration.source) if ds is not None]
+
+
 def check_files(m: Matrix, source: str) -> None:
-    """Fail before any cell runs when a model's config or checkpoint file is missing."""
+    """Fail at plan time, before any cell runs, on a missing or unusable file the matrix names.
+
+    Model configs are checked by :func:`harness.models.mmyolo_build.check_config` (parsed
+    with mmengine where it is installed, else existence and syntax only); checkpoints,
+    dataset and calibration files must exist.
+    """
     for i, spec in enumerate(m.models):
         if spec.onnx is not None or spec.ultralytics is not None:
             continue  # harness.models.onnx_source.check_matrix reads and checks the graph
-        if spec.config is not None and not Path(spec.config).is_file():
-            raise UserError(f"{source}: models[{i}].config: config '{spec.config}' does not exist")
+        config = spec.config or _packaged(spec.name)
+        if config is not None:
+            try:
+                check_config(config)
+            except UserError as exc:
+                raise UserError(f"{source}: models[{i}].{'config' if spec.config else 'name'}: {exc}") from None
         if spec.checkpoint != "random" and not Path(spec.checkpoint).is_file():
             raise UserError(f"{source}: models[{i}].checkpoint: checkpoint '{spec.checkpoint}' does "
                             "not exist: give a .pth path (relative to the matrix file) or `random`")
@@ -283,6 +417,30 @@ def check_files(m: Matrix, source: str) -> None:
             problem = sniff(spec.checkpoint)
             if problem:
                 raise UserError(f"{source}: models[{i}].checkpoint: '{spec.checkpoint}': {problem}")
+    _check_dataset_files(m.dataset, f"{source}: dataset")
+    if m.calibration.source is not None:
+        _check_dataset_files(m.calibration.source, f"{source}: calibration.source")
+    for i, ov in enumerate(m.overrides):
+        src = (ov.set.get("calibration") or {}).get("source")
+        if src:
+            _check_dataset_files(DatasetSpec.model_validate(src),
+                                 f"{source}: overrides[{i}].set.calibration.source")
+
+
+def _packaged(name: str) -> str | None:
+    """The packaged config of a table name; None where mmyolo is not installed (a cell says so)."""
+    path = packaged_config(name) if name in MODELS else None
+    return None if path is None else str(path)
+
+
+def _check_dataset_files(ds: DatasetSpec, where: str) -> None:
+    if ds.synth is not None:
+        return
+    if not Path(ds.annotations).is_file():
+        raise UserError(f"{where}.annotations: '{ds.annotations}' does not exist; give the path of "
+                        "a COCO instances json (relative paths are relative to the matrix file)")
+    if not Path(ds.images).is_dir():
+        raise UserError(f"{where}.images: '{ds.images}' is not a directory of images")
 
 
 def parse(data: dict, source: str = "<matrix>") -> Matrix:
@@ -292,20 +450,60 @@ def parse(data: dict, source: str = "<matrix>") -> Matrix:
         raise UserError(f"{source}: {_first_error(exc, data)}") from None
 
 
-def _first_error(exc: ValidationError, data: dict) -> str:
+def _first_error(exc: ValidationError, data: Any = None, *, root: type[BaseModel] | None = None,
+                 prefix: tuple = ()) -> str:
+    """One readable line for the first error: the YAML path, what is wrong, the fix.
+
+    ``root``/``prefix``: the model that was validated and where it sits in the matrix
+    (an override's ``set:`` section is validated by the section's own model).
+    """
     err = exc.errors()[0]
-    loc = _loc(err["loc"])
+    loc = _loc(prefix + tuple(err["loc"]))
     if err["type"] == "extra_forbidden":
-        parent = _parent_model(err["loc"])
+        parent = _parent_model(err["loc"], root or Matrix)
         key = err["loc"][-1]
         return f"{loc}: {_unknown('key', key, list(parent.model_fields) if parent else [])}"
     if err["type"] == "missing":
         return f"{loc}: required key missing"
-    msg = err["msg"].removeprefix("Value error, ")
+    msg = _message(err, root or Matrix)
     if msg.startswith("["):  # our list validators prefix the index
         idx, rest = msg.split("] ", 1)
         return f"{loc}{idx}]: {rest}"
     return f"{loc}: {msg}" if loc else msg
+
+
+def _message(err: dict, root: type[BaseModel] | None = None) -> str:
+    """pydantic's message in the matrix's words: no class names, the value received and the fix."""
+    kind, value = err["type"], err.get("input")
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        if isinstance(value, str):
+            return (f"{value!r} is text, not an integer: write the number in plain digits "
+                    "without quotes (YAML reads 1e9 or '8' as text), e.g. 8")
+        return f"expected an integer, got {_shown(value)}"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        model = _parent_model(tuple(err["loc"]) + ("?",), root) if root else None
+        keys = f" with keys {', '.join(model.model_fields)}" if model else ""
+        return f"expected a mapping{keys}, got {_shown(value)}"
+    if kind == "list_type":
+        return f"expected a list, e.g. [{value}], got {_shown(value)}"
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number, got {_shown(value)}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"expected true or false, got {_shown(value)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind.startswith(("greater_than", "less_than")):
+        msg = f"{msg.replace('Input should be', 'must be')}, got {_shown(value)}"
+    elif kind == "literal_error":
+        msg = f"{_shown(value)} is not allowed: {msg.replace('Input should be', 'use')}"
+    return msg
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    return f"{type(value).__name__} {value!r}" if isinstance(value, (list, dict)) else repr(value)
 
 
 def _loc(parts) -> str:
@@ -315,8 +513,8 @@ def _loc(parts) -> str:
     return out
 
 
-def _parent_model(loc) -> type[BaseModel] | None:
-    model: Any = Matrix
+def _parent_model(loc, root: type[BaseModel] | None = None) -> type[BaseModel] | None:
+    model: Any = root or Matrix
     for p in loc[:-1]:
         if isinstance(p, int):
             continue

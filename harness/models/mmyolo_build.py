@@ -37,16 +37,8 @@ def load_config(path: str | Path, imgsz: int | None = None):
     for PPYOLOE), so the reference sees exactly what mmyolo would.  Dataset-level
     ``batch_shapes_cfg`` is disabled: detbench feeds fixed-size batches.
     """
-    from mmengine.config import Config
-
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"model config '{path}' does not exist: give an mmyolo config path "
-                        "or one of the names in `detbench models`")
-    try:
-        cfg = Config.fromfile(str(path))
-    except Exception as exc:  # mmengine raises many types for a broken config
-        raise UserError(f"model config '{path}' could not be read: {exc}") from exc
+    cfg = read_config(path)
     pipeline = copy.deepcopy(cfg.test_dataloader.dataset.pipeline)
     if imgsz is not None:
         pipeline = [_resize_step(step, imgsz) for step in pipeline]
@@ -55,6 +47,94 @@ def load_config(path: str | Path, imgsz: int | None = None):
     if backbone.get("init_cfg") is not None:
         backbone["init_cfg"] = None  # rtmdet points at a download URL
     return cfg
+
+
+#: what detbench reads from a config: without these it is not an mmyolo detector config
+_REQUIRED = (("model", "type"), ("model", "bbox_head"), ("model", "test_cfg"),
+             ("test_dataloader", "dataset", "pipeline"))
+_CONFIG_SUFFIXES = (".py", ".json", ".yaml", ".yml")
+
+
+def check_config(path: str | Path) -> None:
+    """Plan-time check of a model config: UserError unless it exists and reads as an mmyolo
+    detector config.  Parsed with mmengine where it is installed (no torch import); without
+    mmengine only existence and syntax are checked, so planning works on a bare machine."""
+    import importlib
+
+    path = Path(path)
+    try:
+        importlib.import_module("mmengine.config")
+    except ImportError:
+        _check_syntax(_existing(path))
+        return
+    read_config(path)
+
+
+def read_config(path: str | Path):
+    """An mmengine Config of an mmyolo detector, or a UserError naming the file and the problem."""
+    import warnings
+
+    from mmengine.config import Config
+
+    path = _existing(Path(path))
+    try:
+        with warnings.catch_warnings():  # mmengine warns about pkg_resources on every read
+            warnings.simplefilter("ignore")
+            cfg = Config.fromfile(str(path))
+    except Exception as exc:  # mmengine raises many types for a broken config
+        raise UserError(f"model config '{path}' could not be read: {_reason(exc)}; fix the file "
+                        "or give another config") from None
+    for keys in _REQUIRED:
+        node = cfg
+        for key in keys:
+            node = node.get(key) if hasattr(node, "get") else None
+        if node is None:
+            raise UserError(f"model config '{path}' is not an mmyolo detector config: it has no "
+                            f"`{'.'.join(keys)}`; give an mmyolo config (e.g. a name from "
+                            "`detbench models`)")
+    return cfg
+
+
+def _existing(path: Path) -> Path:
+    if path.is_dir():
+        raise UserError(f"model config '{path}' is a directory: give the path of a config file")
+    if not path.is_file():
+        hint = (": mmyolo is not installed (pip install -e '.[mmyolo]')"
+                if str(path).startswith("mmyolo::") else "")
+        raise UserError(f"model config '{path}' does not exist{hint}: give an mmyolo config path "
+                        "or one of the names in `detbench models`")
+    return path
+
+
+def _check_syntax(path: Path) -> None:
+    """Without mmengine: the file must at least parse in its format."""
+    import ast
+    import json
+
+    import yaml
+
+    if path.suffix not in _CONFIG_SUFFIXES:
+        raise UserError(f"model config '{path}': a config is a {', '.join(_CONFIG_SUFFIXES)} file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".py":
+            ast.parse(text, filename=str(path))
+        elif path.suffix == ".json":
+            json.loads(text)
+        else:
+            yaml.safe_load(text)
+    except (SyntaxError, ValueError, yaml.YAMLError, OSError) as exc:
+        raise UserError(f"model config '{path}' could not be read: {_reason(exc)}; fix the file "
+                        "or give another config") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The real reason in one line, never an empty string."""
+    if isinstance(exc, SyntaxError):
+        return f"invalid syntax at line {exc.lineno}: {exc.msg}"
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 200 else text[:200] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _resize_step(step: dict, imgsz: int) -> dict:

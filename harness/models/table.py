@@ -20,8 +20,15 @@ MODELS: dict[str, str] = {
 }
 
 
+#: how `detbench models` (and mmengine's `_base_`) names a config inside the mmyolo package
+PACKAGE_PREFIX = "mmyolo::"
+
+
 def packaged_config_root() -> Path | None:
-    spec = importlib.util.find_spec("mmyolo")
+    try:
+        spec = importlib.util.find_spec("mmyolo")
+    except (ImportError, ValueError):  # a broken or blocked install counts as absent
+        return None
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0]) / ".mim" / "configs"
@@ -31,3 +38,17 @@ def packaged_config(name: str) -> Path | None:
     """Path of the packaged config for a table name, or None when mmyolo is absent."""
     root = packaged_config_root()
     return None if root is None else root / MODELS[name]
+
+
+def resolve_config(ref: str | None, base: Path) -> str | None:
+    """The file a matrix's ``config:`` names: ``mmyolo::dir/file.py`` (as `detbench models`
+    prints) inside the installed mmyolo, an absolute path, or a path relative to ``base``
+    (the matrix's folder).  ``mmyolo::`` is kept as written when mmyolo is not installed,
+    so the check that follows can say so.
+    """
+    if ref is None or Path(ref).is_absolute():
+        return ref
+    if ref.startswith(PACKAGE_PREFIX):
+        root = packaged_config_root()
+        return ref if root is None else str(root / ref.removeprefix(PACKAGE_PREFIX))
+    return str((base / ref).resolve())

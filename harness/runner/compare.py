@@ -19,6 +19,14 @@ class MissingArtifact(Exception):
     """A file the analysis needs is gone (cache cleaned, run from another machine)."""
 
 
+def compare_candidates(cells) -> list:
+    """The finished cells that have something to compare: ok, and not their own reference."""
+    from harness.evaluate.alignment.pairing import reference_for
+
+    return [c for c in cells if c.status == "ok"
+            and getattr(reference_for(c, cells)[0], "id", None) != c.id]
+
+
 def compare_run(store, run_id: str) -> list[dict]:
     """Analyse and store every finished non-reference cell; the records in plan order."""
     from harness.evaluate.alignment.pairing import reference_for
@@ -40,11 +48,8 @@ def compare_run(store, run_id: str) -> list[dict]:
 
 def alignments_for(store, run_id: str, *, recompute: bool = False) -> list[dict]:
     """The stored records of a run, computing (and storing) them if any is missing or asked to."""
-    from harness.evaluate.alignment.pairing import reference_for
-
     cells = store.cells(run_id)
-    wanted = [c for c in cells if c.status == "ok"
-              and getattr(reference_for(c, cells)[0], "id", None) != c.id]
+    wanted = compare_candidates(cells)
     stored = store.alignments(run_id)
     if recompute or any(c.id not in stored for c in wanted):
         return compare_run(store, run_id)

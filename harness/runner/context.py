@@ -119,6 +119,10 @@ class CellContext:
         from harness.calibration.data import build_calibration_set, calibration_images
 
         files, source = calibration_images(self.cell, self.cache_dir)
+        wanted = int(self.cell["calibration"]["images"])
+        if 0 < len(files) < wanted:  # a warning, not an error: calibrating on fewer images is valid
+            self.notes.append(f"calibration.images asks for {wanted} images but {source} has only "
+                              f"{len(files)}: calibrated on {len(files)}")
         return build_calibration_set(files, self.preprocessor("cpu"), 8, source)
 
     def same_scales_warning(self, info: dict) -> list[str]:

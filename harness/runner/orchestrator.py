@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -22,7 +22,7 @@ from harness import __version__
 from harness import matrix as mx
 from harness.data.datasets import resolve_dataset
 from harness.measure import provenance
-from harness.runner.compare import compare_run
+from harness.runner.compare import compare_candidates, compare_run
 from harness.runner.run_lock import hold_run_lock
 
 LOG_TAIL_LINES = 60
@@ -36,21 +36,44 @@ class Outcome:
     stage: Optional[str]
     error: Optional[str]
     duration_s: float
+    warnings: list = field(default_factory=list)
 
 
-def create_run(store, matrix_path: str | Path, cache_dir: Path) -> str:
-    """Validate the matrix, resolve its dataset, and record a run with all its cells pending."""
+@dataclass
+class Plan:
+    """A validated matrix, expanded: everything `detbench plan` shows and `run` records."""
+
+    matrix: mx.Matrix
+    text: str
+    cells: list
+    contracts: dict = field(default_factory=dict)  # model name -> resolved ONNX contract
+
+
+def plan(matrix_path: str | Path) -> Plan:
+    """Parse, validate and expand a matrix; reads files, writes nothing (user errors: UserError).
+
+    ``detbench plan`` and ``detbench run`` both call this, so what one accepts the other runs.
+    """
     m, text = mx.load(matrix_path)
     mx.check_files(m, str(matrix_path))
     from harness.models import onnx_source
 
     contracts = onnx_source.check_matrix(m.models, str(matrix_path))
+    cells = mx.expand(m)
+    onnx_source.apply_to_cells(cells, contracts)
+    return Plan(m, text, cells, contracts)
+
+
+def create_run(store, matrix_path: str | Path, cache_dir: Path, planned: Plan | None = None) -> str:
+    """Resolve a planned matrix's dataset and record a run with all its cells pending."""
+    planned = planned or plan(matrix_path)
+    m, text = planned.matrix, planned.text
     dataset = resolve_dataset(m.dataset, cache_dir, where=f"{matrix_path}: dataset")
-    onnx_source.check_classes(contracts, m.models, dataset, str(matrix_path))
-    expanded = mx.expand(m)
-    onnx_source.apply_to_cells(expanded, contracts)
+    from harness.models import onnx_source
+
+    onnx_source.check_classes(planned.contracts, m.models, dataset, str(matrix_path))
     cells = []
-    for position, cell in enumerate(expanded):
+    for position, cell in enumerate(planned.cells):
         cell["dataset"] = dataset
         cells.append({"key": cell["key"], "position": position, "model": cell["model"],
                       "backend": cell["backend"], "precision": cell["precision"],
@@ -70,7 +93,9 @@ def execute(store, run_id: str, cache_dir: Path, *, force: bool = False,
 
     A run another live process executes is refused (``RunLocked``, a UserError)
     before anything changes; a lock left by a dead process is taken over with a
-    ``note`` event.
+    ``note`` event. Ctrl-C (or SIGTERM turned into KeyboardInterrupt by the CLI) kills
+    the current worker, puts its cell back to ``pending`` and marks the run
+    ``interrupted``, so ``--resume`` redoes exactly the unfinished cells.
     """
     with hold_run_lock(store, run_id, note=lambda text: on_event("note", {"text": text})) as lock:
         return _execute_locked(store, run_id, cache_dir, force=force, on_event=on_event,
@@ -82,18 +107,24 @@ def _execute_locked(store, run_id: str, cache_dir: Path, *, force: bool,
     todo = store.cells_to_run(run_id, force=force)
     on_event("start", {"total": len(todo)})
     outcomes = []
+    current = None
     try:
         for cell in todo:
             lock.check()
             on_event("cell", {"key": cell.key, "stage": "starting"})
+            current = cell.id
             store.mark_running(cell.id)
             outcome = run_one(store, run_id, cell, cache_dir,
                               lambda stage, key=cell.key: on_event("cell", {"key": key, "stage": stage}))
+            current = None
             outcomes.append(outcome)
             on_event("done", {"outcome": outcome})
-        on_event("cell", {"key": "alignment with the PyTorch reference", "stage": "compare"})
+        if compare_candidates(store.cells(run_id)):
+            on_event("cell", {"key": "alignment with the PyTorch reference", "stage": "compare"})
         compare_run(store, run_id)
     except KeyboardInterrupt:
+        if current is not None:
+            store.mark_pending(current)
         store.finish_run(run_id, "interrupted")
         raise
     store.finish_run(run_id, "finished")
@@ -114,7 +145,7 @@ def run_one(store, run_id: str, cell, cache_dir: Path, on_stage) -> Outcome:
     result.setdefault("duration_s", time.time() - started)
     store.record_result(cell.id, **_store_fields(result))
     return Outcome(cell.key, result["status"], result.get("stage"), result.get("error"),
-                   result["duration_s"])
+                   result["duration_s"], list(result.get("warnings") or []))
 
 
 def _spawn(work_dir: Path, timeout_s: float, on_stage) -> tuple[int, bool]:
@@ -123,7 +154,8 @@ def _spawn(work_dir: Path, timeout_s: float, on_stage) -> tuple[int, bool]:
     with open(work_dir / "log.txt", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "harness.runner.worker", str(work_dir)],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True, preexec_fn=_die_with_parent)
+                                env={**env, "DETBENCH_PARENT_PID": str(os.getpid())},
+                                start_new_session=True)
         deadline = time.monotonic() + timeout_s
         last_stage = None
         try:
@@ -140,16 +172,6 @@ def _spawn(work_dir: Path, timeout_s: float, on_stage) -> tuple[int, bool]:
             _kill(proc)
             raise
     return proc.returncode, False
-
-
-def _die_with_parent() -> None:
-    """Linux: the worker is killed if the orchestrator dies (SIGKILL leaves no orphans)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -167,7 +167,27 @@ def _infer_all(runner, pre, images, ids, ctx):
     return out, dropped
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the orchestrator dies, so a killed run leaves no orphan.
+
+    Set here, not in a Popen ``preexec_fn``: that runs between fork and exec, where a
+    lock held by another thread of the orchestrator (rich's refresh thread, the
+    dynamic loader) can deadlock the child, and the parent with it.
+    """
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    parent = os.environ.get("DETBENCH_PARENT_PID")
+    if parent and os.getppid() != int(parent):  # the orchestrator died before prctl took effect
+        os._exit(1)
+
+
 def main(argv: list[str]) -> int:
+    _die_with_parent()
     work_dir = Path(argv[0])
     cell = json.loads((work_dir / "cell.json").read_text())
     global _CURRENT_KEY

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from harness.store import cells as cellops
 from harness.store import locks, migrate, runs
-from harness.store.engine import open_engine
+from harness.store.engine import open_engine, user_errors
 from harness.store.records import CellRecord, RunRecord, from_row
 from harness.store.schema import (RUN_STATUSES, SERIES, TELEMETRY_FIELDS, Cell, ClassAP,
                                   LatencySample, Run, TelemetrySample)
@@ -37,7 +37,11 @@ class Store:
         create = create and not readonly
         self._engine = open_engine(url, create=create, readonly=readonly)
         try:
-            migrate.prepare(self._engine, url, create=create)
+            with user_errors(url):
+                migrate.prepare(self._engine, url, create=create)
+            if not readonly:
+                with user_errors(url, "written"):
+                    migrate.probe_write(self._engine)
         except BaseException:
             self._engine.dispose()
             raise
@@ -184,6 +188,11 @@ class Store:
             cell = cellops.get(session, cell_id)
             cellops.reset(session, [cell], status="running")
             cell.started_at = cellops.now()
+
+    def mark_pending(self, cell_id: int) -> None:
+        """Back to pending, its partial results dropped: the cell was stopped (Ctrl-C, SIGTERM)."""
+        with self._writing() as session:
+            cellops.reset(session, [cellops.get(session, cell_id)])
 
     def record_result(self, cell_id: int, *, status: str, stage: str | None = None,
                       error: str | None = None, log_tail: str | None = None,

@@ -10,26 +10,41 @@ import json
 import math
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import (ArgumentError, DatabaseError, DBAPIError, InterfaceError,
+                            NoSuchModuleError, OperationalError)
 from sqlalchemy.pool import QueuePool
 
 from harness.errors import UserError
 
 BUSY_TIMEOUT_S = 30.0
+URL_HINT = "give e.g. sqlite:///results.db or postgresql+psycopg://USER@HOST:5432/DB"
+#: how to get each database driver (psycopg 3 comes with detbench's `postgres` extra)
+DRIVER_FIX = {"psycopg": "pip install 'detbench[postgres]'",
+              "psycopg2": "use postgresql+psycopg://... with pip install 'detbench[postgres]' "
+                          "(or install psycopg2)"}
 
 
 def parse_url(url: str) -> URL:
     try:
         return make_url(url)
-    except ArgumentError as exc:
-        hint = "expected e.g. sqlite:///results.db"
-        raise UserError(f"not a database URL: {url!r} ({hint})") from exc
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+        raise UserError(f"--db {url!r} is not a database URL ({exc}): {URL_HINT}") from None
+
+
+def shown(url: str) -> str:
+    """The URL as messages show it: the password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return url
 
 
 def sqlite_path(url: URL) -> Path | None:
@@ -46,15 +61,18 @@ def database_exists(url: str) -> bool:
 
 
 def open_engine(url: str, *, create: bool, readonly: bool) -> Engine:
-    """An engine for ``url``; refuses (UserError) to conjure a SQLite file unless ``create``."""
+    """An engine for ``url``; refuses (UserError) to conjure a SQLite file unless ``create``.
+
+    Connecting is lazy: wrap the first use in :func:`user_errors`.
+    """
     parsed = parse_url(url)
     path = sqlite_path(parsed)
     if path is not None and not path.exists():
         if readonly or not create:
             raise UserError(f"database {url} does not exist: run `detbench run` first to create it")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(url, path)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, json_serializer=dumps)
+        return _server_engine(url, parsed)
     if readonly and path is not None:
         engine = create_engine("sqlite://", creator=_readonly_connector(path), poolclass=QueuePool,
                                json_serializer=dumps)
@@ -64,6 +82,72 @@ def open_engine(url: str, *, create: bool, readonly: bool) -> Engine:
     event.listen(engine, "connect", _pragma_hook(wal=path is not None and not readonly,
                                                  readonly=readonly))
     return engine
+
+
+def _make_parent(url: str, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"database {url}: cannot create the folder '{path.parent}' "
+                        f"({exc.strerror}): give --db a path in a writable folder") from None
+
+
+def _server_engine(url: str, parsed: URL) -> Engine:
+    """An engine for a database server; an unknown scheme or a missing driver is a UserError."""
+    try:
+        return create_engine(parsed, json_serializer=dumps)
+    except NoSuchModuleError:
+        raise UserError(f"database {shown(url)}: unknown URL scheme '{parsed.drivername}': "
+                        f"{URL_HINT}") from None
+    except ImportError as exc:  # the dialect exists but its DBAPI driver is not installed
+        driver = (exc.name or parsed.get_driver_name()).split(".")[0]
+        fix = DRIVER_FIX.get(driver, f"install the Python driver '{driver}'")
+        raise UserError(f"database {shown(url)}: the driver '{driver}' is not installed: {fix}") from None
+
+
+@contextmanager
+def user_errors(url: str, doing: str = "opened") -> Iterator[None]:
+    """Turn a database that cannot be reached, opened or written into one UserError line.
+
+    Only connection-level failures (the server, the file, permissions) are translated;
+    anything else from SQLAlchemy is a bug and stays loud.
+    """
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        raise UserError(_explain(url, doing, exc)) from None
+    except DatabaseError as exc:
+        denied = "permission denied" in str(exc.orig).lower() or "read-only" in str(exc.orig).lower()
+        if type(exc) is not DatabaseError and not denied:  # other integrity / SQL errors are bugs
+            raise
+        raise UserError(_explain(url, doing, exc)) from None
+
+
+def _explain(url: str, doing: str, exc: DBAPIError) -> str:
+    lines = [line.strip() for line in str(exc.orig).splitlines() if line.strip()]
+    reason = next((line.removeprefix("FATAL:").strip() for line in lines if "FATAL" in line),
+                  lines[0] if lines else type(exc.orig).__name__)
+    return f"database {shown(url)} cannot be {doing}: {reason}; {_fix(url, reason)}"
+
+
+def _fix(url: str, reason: str) -> str:
+    low = reason.lower()
+    path = sqlite_path(parse_url(url))
+    if path is not None:
+        if path.is_dir():
+            return f"'{path}' is a directory: give --db a file path, e.g. sqlite:///{path}/results.db"
+        if "readonly" in low or "read-only" in low:
+            return f"make '{path}' writable (chmod u+w, chattr -i) or give another --db"
+        if "not a database" in low:
+            return f"'{path}' is not a SQLite file: give --db a detbench database or a new file path"
+        return f"check that '{path}' is a detbench SQLite file in a readable folder"
+    if "permission denied" in low or "read-only" in low:
+        return "use a role that may create and write tables, or another --db"
+    if "does not exist" in low and "database" in low:
+        return "create the database (createdb NAME) or fix its name in the --db URL"
+    if "connect" in low or "refused" in low or "timeout" in low or "resolve" in low:
+        return "check host and port in the --db URL and that the server is running"
+    return "check the --db URL, the server and your permissions"
 
 
 def _readonly_connector(path: Path) -> Any:

@@ -4,11 +4,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, inspect
+from sqlalchemy import Connection, Engine, inspect, text
 
 from harness.errors import UserError
 from harness.store import migrations
-from harness.store.engine import database_exists, open_engine
+from harness.store.engine import database_exists, open_engine, user_errors
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -38,7 +38,7 @@ def current_revision(url: str) -> str | None:
         return None
     engine = open_engine(url, create=False, readonly=True)
     try:
-        with engine.connect() as conn:
+        with user_errors(url), engine.connect() as conn:
             return _revision(conn)
     finally:
         engine.dispose()
@@ -48,7 +48,7 @@ def upgrade(url: str) -> str:
     """Bring ``url`` to the head revision, creating the database if needed; returns the head."""
     engine = open_engine(url, create=True, readonly=False)
     try:
-        with engine.begin() as conn:
+        with user_errors(url), engine.begin() as conn:
             if _has_tables(conn):
                 _require_known(conn, url)
             command.upgrade(alembic_config(conn), "head")
@@ -66,6 +66,17 @@ def prepare(engine: Engine, url: str, *, create: bool) -> None:
             command.upgrade(alembic_config(conn), "head")
         else:
             raise UserError(f"database {url} holds no detbench results: run `detbench run` first")
+
+
+def probe_write(engine: Engine) -> None:
+    """Fail now, before any work, if the database can be read but not written.
+
+    A no-op UPDATE, rolled back: SQLite refuses it on a read-only or immutable
+    file, a server on a read-only role or replica; nothing is changed.
+    """
+    with engine.connect() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = version_num"))
+        conn.rollback()
 
 
 def new_revision(url: str, rev_id: str, message: str) -> None:

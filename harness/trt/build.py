@@ -18,8 +18,6 @@ lazily (``functools.partial(build_engine, path, ...)``) and hand it to
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -320,19 +318,7 @@ def _short(message: str, limit: int = 300) -> str:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``data`` to ``path`` atomically (the package-wide helper)."""
+    from harness.fileio import atomic_write as write
+
+    write(path, data)
