@@ -131,8 +131,9 @@ def test_unreadable_file_is_exit_2_at_plan_naming_file_and_field(tmp_path, damag
     elif damage == "not_onnx":
         bad.write_text("name: not a model\n")
     _matrix(tmp_path, [{"name": "mine", "onnx": {"path": "bad.onnx"}}])
-    for cmd in (("plan", "m.yaml"), ("run", "m.yaml", "--cache-dir", tmp_path / "cache")):
-        r = run_cli(*cmd, "--db", f"sqlite:///{tmp_path}/r.db", cwd=tmp_path)
+    db = ("--db", f"sqlite:///{tmp_path}/r.db")
+    for cmd in (("plan", "m.yaml"), ("run", "m.yaml", "--cache-dir", tmp_path / "cache", *db)):
+        r = run_cli(*cmd, cwd=tmp_path)
         assert r.returncode == 2, (cmd, r.stdout, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "models[0].onnx.path" in lines[0] and "bad.onnx" in lines[0], r.stderr
