@@ -22,7 +22,7 @@ NEXT_REVISION = textwrap.dedent("""\
     import sqlalchemy as sa
 
     revision = "0003"
-    down_revision = "0002"
+    down_revision = "{head}"
     branch_labels = None
     depends_on = None
 
@@ -34,6 +34,7 @@ NEXT_REVISION = textwrap.dedent("""\
     def downgrade():
         op.drop_table("extra")
 """)
+HEAD = "0004"  # the revision this branch's models correspond to
 
 
 def _cell(i, **extra):
@@ -200,7 +201,7 @@ def test_sqlite_pragmas(store, url):
 
 
 def test_fresh_db_is_at_head_and_upgrade_from_nothing(tmp_path, url):
-    assert head_revision() == "0002"
+    assert head_revision() == HEAD
     fresh = f"sqlite:///{tmp_path / 'sub' / 'fresh.db'}"
     assert upgrade(fresh) == head_revision() == current_revision(fresh)
     assert upgrade(fresh) == head_revision()  # idempotent
@@ -238,16 +239,16 @@ def test_tables_without_revision_are_refused(tmp_path):
 
 
 def test_behind_head_is_refused_until_upgraded(tmp_path, url, monkeypatch):
-    Store(url).close()  # at 0002
+    Store(url).close()  # at HEAD
     scripts = tmp_path / "migrations"
     shutil.copytree(migrations.SCRIPT_LOCATION, scripts,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0003_extra.py").write_text(NEXT_REVISION)
+    (scripts / "versions" / "0003_extra.py").write_text(NEXT_REVISION.format(head=HEAD))
     monkeypatch.setattr(migrations, "SCRIPT_LOCATION", str(scripts))
     assert head_revision() == "0003"
     with pytest.raises(UserError) as refused:
         Store(url)
-    assert str(refused.value) == (f"database {url} is at schema revision 0002, behind 0003: "
+    assert str(refused.value) == (f"database {url} is at schema revision {HEAD}, behind 0003: "
                                   f"run `detbench db upgrade --db {url}`")
     assert upgrade(url) == "0003" == current_revision(url)
     Store(url).close()
