@@ -37,6 +37,13 @@ def _diff_text(f: Finding, limit: int = 6) -> str:
     return "; ".join(parts) + (f"; +{more} more" if more > 0 else "") if parts else ""
 
 
+def _values(f: Finding) -> str:
+    """before -> after (change, p); a status finding says what happened instead."""
+    if f.metric == "status":
+        return f.detail
+    return (f"{_num(f.before, f.metric)} -> {_num(f.after, f.metric)} ({_change(f)}, p {_p(f)})")
+
+
 def summary_line(report: Report) -> str:
     counts = report.to_dict()["counts"]
     shown = ", ".join(f"{counts[s]} {s}" for s in (*_SHOWN, "ok") if counts.get(s))
@@ -49,11 +56,10 @@ def to_text(report: Report) -> str:
     for f in report.findings:
         if f.state == "ok":
             continue
-        line = (f"  {f.state:17s} {f.cell}  {f.metric}: {_num(f.before, f.metric)} -> "
-                f"{_num(f.after, f.metric)} ({_change(f)}, p {_p(f)})")
+        line = f"  {f.state:17s} {f.cell}  {f.metric}: {_values(f)}"
         if f.first_bad_run:
             line += f"  first bad run {f.first_bad_run}"
-        if f.detail and f.state in ("new", "failing", "insufficient data") or f.metric == "status":
+        if f.detail and f.state in ("failing", "insufficient data"):
             line += f"  [{f.detail}]"
         lines.append(line)
         if f.provenance_diff:
@@ -73,11 +79,13 @@ def to_markdown(report: Report) -> str:
         lines += ["| | cell | metric | before → after | change | p | first bad run | what changed |",
                   "|---|---|---|---|---|---|---|---|"]
         for f in rows:
-            changed = _diff_text(f) or (f.detail if f.metric == "status" or f.state in
-                                        ("new", "insufficient data", "failing") else "")
+            changed = _diff_text(f) or (f.detail if f.state in ("insufficient data", "failing")
+                                        and f.metric != "status" else "")
+            values = (f.detail if f.metric == "status" else
+                      f"{_num(f.before, f.metric)} → {_num(f.after, f.metric)}")
             lines.append(f"| {_ICON.get(f.state, '')} {f.state} | `{f.cell}` | {f.metric} | "
-                         f"{_num(f.before, f.metric)} → {_num(f.after, f.metric)} | {_change(f)} | "
-                         f"{_p(f)} | {f.first_bad_run or '–'} | {changed.replace('|', '/')} |")
+                         f"{values.replace('|', '/')} | {_change(f)} | {_p(f)} | "
+                         f"{f.first_bad_run or '–'} | {changed.replace('|', '/')} |")
     else:
         lines.append("Every checked metric is within its series' noise.")
     if report.no_series:
@@ -105,14 +113,13 @@ def to_junit(report: Report) -> str:
                        errors="0", skipped="0")
     for f in report.findings:
         case = ET.SubElement(suite, "testcase", classname=f.cell, name=f.metric)
-        message = (f"{f.metric} {f.state}: {_num(f.before, f.metric)} -> {_num(f.after, f.metric)} "
-                   f"({_change(f)}, p {_p(f)})")
+        message = f"{f.metric} {f.state}: {_values(f)}"
         if f.state == "confirmed":
             failure = ET.SubElement(case, "failure", message=message, type="regression")
             failure.text = "\n".join(filter(None, [f"first bad run: {f.first_bad_run}",
                                                    f.detail, _diff_text(f, 50)]))
         out = ET.SubElement(case, "system-out")
-        out.text = f"{f.state}: {message}" + (f" [{f.detail}]" if f.detail else "")
+        out.text = message + (f" [{f.detail}]" if f.detail and f.metric != "status" else "")
     root = ET.Element("testsuites", name="detbench check")
     root.append(suite)
     for name in ("tests", "failures", "errors"):
