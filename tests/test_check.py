@@ -243,3 +243,50 @@ def test_detector_rule_units():
     assert detect.latency_verdict(flat + [1.2, 1.2]).state == "confirmed"
     assert detect.latency_verdict(flat + [0.8]).state == "improved"
     assert detect.accuracy_verdict([0.6, 0.6, 0.598], 0.002).state == "ok"  # exactly the tolerance
+
+
+def test_older_run_is_judged_on_the_runs_before_it(store):
+    for i in range(8):
+        add_run(store, 5.0, seed=i)
+    first_bad = add_run(store, 5.5, seed=100)
+    add_run(store, 5.5, seed=101)
+    assert set(_states(check(store, first_bad)).values()) == {"suspect"}  # not the later night
+
+
+def test_alignment_matched_pct_and_class_flips(store):
+    def run_with(matched, flips, seed):
+        run_id = add_run(store, 5.0, seed=seed)
+        for cell in store.cells(run_id):
+            store.record_alignment(cell.id, {"matched_pct": matched, "class_flips": flips})
+        return run_id
+
+    for i in range(3):
+        run_with(99.5, 0, i)
+    run_with(97.0, 4, 10)
+    states = {f.metric: f.state for f in check(store).findings if f.cell == KEYS[0]}
+    assert states["matched %"] == "suspect" and states["class flips"] == "suspect"
+    run_with(97.0, 4, 11)
+    report = check(store)
+    flips = [f for f in report.findings if f.cell == KEYS[0] and f.metric == "class flips"][0]
+    assert flips.state == "confirmed" and (flips.before, flips.after) == (0, 4)
+    assert report.exit_code == 4
+
+
+def test_junit_has_the_schema_attributes(store):
+    import xml.etree.ElementTree as ET
+
+    for i in range(6):
+        add_run(store, 5.0, seed=i)
+    add_run(store, 5.0, status="failed")
+    root = ET.fromstring(render.to_junit(check(store)))
+    assert root.tag == "testsuites"
+    for suite in root.iter("testsuite"):
+        assert {"name", "tests", "failures", "errors"} <= set(suite.attrib)
+        cases = suite.findall("testcase")
+        assert int(suite.get("tests")) == len(cases)
+        assert int(suite.get("failures")) == sum(c.find("failure") is not None for c in cases) == 2
+        for case in cases:
+            assert case.get("name") and case.get("classname")
+            failure = case.find("failure")
+            if failure is not None:
+                assert failure.get("message") and "ok -> failed" in failure.get("message")

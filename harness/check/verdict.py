@@ -162,7 +162,10 @@ class _Context:
     def _cell_history(self, cell) -> list[Finding]:
         sid, rows = self._series_rows(cell)
         if not rows:
-            return [Finding(cell.key, sid, "status", NEW, detail="first run of this series")]
+            restarted = [a for a in self.store.acks([sid]) if a.run_id == self.run.id] if sid else []
+            detail = (f"series restarted here (acknowledged: {restarted[-1].reason})" if restarted
+                      else "first run of this series")
+            return [Finding(cell.key, sid, "status", NEW, detail=detail)]
         current = {**self._row_of(cell), "status": cell.status}
         out = [self._status(cell, sid, rows[-1], current)]
         if cell.status != "ok":
