@@ -290,3 +290,27 @@ def test_junit_has_the_schema_attributes(store):
             failure = case.find("failure")
             if failure is not None:
                 assert failure.get("message") and "ok -> failed" in failure.get("message")
+
+
+@pytest.mark.parametrize("check_section, message", [
+    ({"min_magnitud": 0.1}, "check.min_magnitud: unknown key 'min_magnitud' — did you mean 'min_magnitude'?"),
+    ({"min_magnitude": 2}, "check.min_magnitude: Input should be less than 1"),
+    ({"ap_tolerance": {"int8": -1}}, "ap_tolerance.int8 must be >= 0"),
+])
+def test_matrix_check_section_errors_name_the_key(check_section, message):
+    from harness import matrix as mx
+    from harness.errors import UserError
+
+    data = {"models": [{"name": "yolov8_n", "checkpoint": "random"}], "backends": ["pytorch"],
+            "dataset": {"synth": {"images": 2}}, "check": check_section}
+    with pytest.raises(UserError, match="m.yaml: ") as err:
+        mx.parse(data, "m.yaml")
+    assert message in str(err.value)
+
+
+def test_nightly_matrix_parses_with_its_check_section():
+    from harness import matrix as mx
+
+    m, _ = mx.load(REPO / "matrices" / "nightly.yaml")
+    assert m.check.min_magnitude == 0.05 and m.check.ap_tolerance["int8"] == 0.005
+    assert m.check.confirm_nights == 2

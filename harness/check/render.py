@@ -5,7 +5,7 @@ import json
 import math
 import xml.etree.ElementTree as ET
 
-from harness.check.verdict import Finding, Report
+from harness.check.findings import Finding, Report
 
 _SHOWN = ("confirmed", "suspect", "improved", "new", "failing", "insufficient data")
 _ICON = {"confirmed": "❌", "suspect": "⚠️", "improved": "✅", "new": "🆕", "failing": "💥",
