@@ -28,7 +28,9 @@ def _change(f: Finding) -> str:
 
 def _p(f: Finding) -> str:
     p = f.pvalue if f.pvalue is not None else (f.two_run or {}).get("pvalue")
-    return "–" if p is None else f"{p:.2g}"
+    if p is None:
+        return "–"
+    return "<1e-16" if p < 1e-16 else f"{p:.2g}"
 
 
 def _diff_text(f: Finding, limit: int = 6) -> str:
