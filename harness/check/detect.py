@@ -7,9 +7,6 @@ standard error).  A run is *bad* when, against the level of its baseline,
 - it is slower by more than ``z`` standard errors, the error combining the
   run-to-run spread of the baseline (robust: 1.4826 x MAD of each segment's values
   around its median) with the run's own sampling error; and
-- it is slower than every earlier baseline run but one (relative to its segment's
-  median): a rank guard that holds whatever the noise's shape (real GPU latency is
-  multi-modal: clock states make a run's median jump), robust to one outlier; and
 - the change could be at least ``min_magnitude``: change + z x error >= min_magnitude
   (a change is dismissed as too small only when it is known to be smaller).
 
@@ -74,8 +71,8 @@ def _segments_start(values: np.ndarray, rule: Rule) -> tuple[int, list[int]]:
     return (cps[-1].index if cps else 0), [c.index for c in cps]
 
 
-def _residuals(values: np.ndarray, starts: list[int]) -> np.ndarray:
-    """Each run's relative deviation from its segment's median (segments of >= 2 runs)."""
+def _spread(values: np.ndarray, starts: list[int]) -> float:
+    """Robust relative run-to-run spread, pooled over the segments between change points."""
     ends = [0, *starts, len(values)]
     residuals = []
     for a, b in zip(ends, ends[1:]):
@@ -83,13 +80,9 @@ def _residuals(values: np.ndarray, starts: list[int]) -> np.ndarray:
         if len(segment) >= 2:
             level = np.median(segment)
             residuals.append(segment / level - 1.0)
-    return np.concatenate(residuals) if residuals else np.zeros(0)
-
-
-def _spread(pooled: np.ndarray) -> float:
-    """Robust relative run-to-run spread of pooled residuals."""
-    if pooled.size == 0:
+    if not residuals:
         return 0.0
+    pooled = np.concatenate(residuals)
     # MAD of a handful of values is biased low: scale by the small-sample correction
     size = len(pooled)
     correction = size / (size - 0.8) if size > 1 else 1.0
@@ -100,7 +93,6 @@ def _spread(pooled: np.ndarray) -> float:
 class _Baseline:
     level: float
     spread: float
-    ceiling: float
     runs: int
     change_points: list[int]
 
@@ -112,20 +104,16 @@ def _latency_baseline(values: np.ndarray, rel_se: np.ndarray, rule: Rule) -> _Ba
         return None
     start, cps = _segments_start(window, rule)
     level = float(np.median(window[start:]))
-    residuals = _residuals(window, cps)
-    spread = max(_spread(residuals), float(np.median(rel_se[offset:])), SPREAD_FLOOR)
-    # the second-highest earlier run: a new run must exceed it, whatever the noise's shape
-    ceiling = float(np.sort(residuals)[-2]) if residuals.size >= rule.min_history else -np.inf
+    spread = max(_spread(window, cps), float(np.median(rel_se[offset:])), SPREAD_FLOOR)
     runs = len(window) - start
-    return _Baseline(level, spread * np.sqrt(1 + MEDIAN_SE ** 2 / runs), ceiling, runs,
+    return _Baseline(level, spread * np.sqrt(1 + MEDIAN_SE ** 2 / runs), runs,
                      [offset + c for c in cps])
 
 
 def _latency_bad(value: float, rel_se: float, base: _Baseline, rule: Rule) -> tuple[bool, float, float]:
     change = value / base.level - 1.0
     error = float(np.hypot(base.spread, rel_se))
-    bad = (change > rule.z * error and change > base.ceiling
-           and change + rule.z * error >= rule.min_magnitude)
+    bad = change > rule.z * error and change + rule.z * error >= rule.min_magnitude
     return bad, change, error
 
 
