@@ -46,6 +46,6 @@ def overlay_chart(frames: dict[str, pd.DataFrame], metric: str, marks: dict[str,
         fig.add_annotation(text="no finished values", showarrow=False, x=0.5, y=0.5,
                            xref="paper", yref="paper")
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=order)
-    fig.update_layout(title=label, height=360, margin=_MARGIN, xaxis_title="run (created UTC · id)",
-                      yaxis_title=label, legend=dict(orientation="h", y=-0.3))
+    fig.update_layout(title=label, height=420, margin=_MARGIN, xaxis_title="run (created UTC · id)",
+                      yaxis_title=label, legend=dict(orientation="h", y=-0.45, yanchor="top"))
     return fig
