@@ -178,9 +178,10 @@ class _Context:
 
     def _finding(self, cell, sid, metric, verdict, nights, after, two, *, relative) -> Finding:
         rows = [n[0] for n in nights]
-        first = rows[verdict.first_bad] if verdict.first_bad is not None else rows[-1]
-        before_row = rows[rows.index(first) - 1] if rows.index(first) > 0 else None
-        bad = verdict.state in ("suspect", "confirmed", "improved")
+        at = verdict.first_bad if verdict.first_bad is not None else len(rows) - 1
+        first, before_row = rows[at], rows[at - 1] if at > 0 else None
+        bad = verdict.state in ("suspect", "confirmed")
+        changed = bad or verdict.state == "improved"
         detail = f"baseline: {verdict.baseline_runs} run(s)"
         if verdict.state == detect.INSUFFICIENT:
             detail = (f"{len(rows) - 1} earlier run(s); a verdict needs {self.rule.min_history}"
@@ -191,7 +192,7 @@ class _Context:
                        baseline_run=before_row["run_id"] if before_row else None,
                        baseline_runs=verdict.baseline_runs, detail=detail,
                        two_run=two.to_dict() if two else None,
-                       provenance_diff=self._diff(before_row, first) if bad and before_row else [])
+                       provenance_diff=self._diff(before_row, first) if changed and before_row else [])
 
     def _accuracy(self, cell, sid, ok_rows, current, metric, get, tolerance) -> Finding | None:
         nights = [(r, None, None) for r in ok_rows + [current] if get(r) is not None]
