@@ -85,9 +85,13 @@ def markers(frame: pd.DataFrame, metric: str, run, precision: str) -> list[int]:
     return [positions[c.index] for c in found]
 
 
-def verdict(s: Series, metric: str, run, precision: str) -> detect.Verdict | None:
-    """The newest run's verdict on ``metric`` (latency medians, AP, AP50), as `check` gives it
-    (latency here without the samples' standard errors: the stored medians only)."""
+#: latency columns whose raw samples the store keeps (series name of ``latency_samples``)
+SAMPLED = {"median_ms": "model", "e2e_median_ms": "e2e"}
+
+
+def verdict(s: Series, metric: str, run, precision: str, store=None) -> detect.Verdict | None:
+    """The newest run's verdict on ``metric`` as `check` gives it: latency medians with
+    the raw samples' standard errors when ``store`` is given, AP, AP50, AP75."""
     frame = s.frame()
     if frame.empty or metric not in frame:
         return None
@@ -98,12 +102,26 @@ def verdict(s: Series, metric: str, run, precision: str) -> detect.Verdict | Non
     values = frame[metric].iloc[start:].dropna()
     if values.empty:
         return None
+    if metric in SAMPLED and store is not None:
+        return _sampled_verdict(s, metric, start, rule, store)
     if metric in LATENCY_METRICS:
         return detect.latency_verdict(values.to_numpy(float), rule=rule)
     if metric in ("AP", "AP50", "AP75"):
         return detect.accuracy_verdict(values.to_numpy(float),
                                        spec.ap_tolerance.get(precision, 0.002), rule)
     return None
+
+
+def _sampled_verdict(s: Series, metric: str, start: int, rule, store) -> detect.Verdict | None:
+    from harness.check.stats import summarise
+
+    rows = [r for r in s.rows[start:] if r["status"] == "ok"]
+    samples = store.latency_samples_many([r["id"] for r in rows], SAMPLED[metric])
+    summaries = [summarise(samples[r["id"]]) for r in rows]
+    if not summaries or summaries[-1] is None:  # the newest run has no samples: no verdict
+        return None
+    nights = [n for n in summaries if n is not None]  # corrupted earlier runs are skipped
+    return detect.latency_verdict([n.median for n in nights], [n.rel_se for n in nights], rule)
 
 
 def _ack_start(s: Series) -> int:

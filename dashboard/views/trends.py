@@ -57,7 +57,8 @@ def main() -> None:
                         key=f"trend-{metric}")
         for k, positions in marks.items():
             marked += [(metric, k, p) for p in positions]
-            found = trends_data.verdict(all_series[k], metric, ctx.run, by_key[k].precision)
+            found = trends_data.verdict(all_series[k], metric, ctx.run, by_key[k].precision,
+                                        context.open_store(ctx.url))
             if found is not None:
                 verdicts.append({"cell": k, "metric": metric, "verdict": found.state,
                                  "change": found.change, "baseline": found.baseline,
