@@ -294,7 +294,7 @@ def test_junit_has_the_schema_attributes(store):
 
 @pytest.mark.parametrize("check_section, message", [
     ({"min_magnitud": 0.1}, "check.min_magnitud: unknown key 'min_magnitud' — did you mean 'min_magnitude'?"),
-    ({"min_magnitude": 2}, "check.min_magnitude: Input should be less than 1"),
+    ({"min_magnitude": 2}, "check.min_magnitude: "),
     ({"ap_tolerance": {"int8": -1}}, "ap_tolerance.int8 must be >= 0"),
 ])
 def test_matrix_check_section_errors_name_the_key(check_section, message):
@@ -306,6 +306,8 @@ def test_matrix_check_section_errors_name_the_key(check_section, message):
     with pytest.raises(UserError, match="m.yaml: ") as err:
         mx.parse(data, "m.yaml")
     assert message in str(err.value)
+    if "min_magnitude: " in message:
+        assert "less than 1" in str(err.value)
 
 
 def test_nightly_matrix_parses_with_its_check_section():
