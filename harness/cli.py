@@ -1,7 +1,8 @@
 """The ``detbench`` command: thin adapters over plain functions.
 
 Every user error is a :class:`~harness.errors.UserError`, printed as one line
-with exit code 2; cells that failed give exit code 3; bugs keep their traceback.
+with exit code 2; cells that failed give exit code 3; ``check`` gives 4 on a confirmed regression;
+bugs keep their traceback.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from harness.errors import UserError
 
 DEFAULT_DB = "sqlite:///results.db"
-EXIT_OK, EXIT_USER, EXIT_FAILED_CELLS = 0, 2, 3
+EXIT_OK, EXIT_USER, EXIT_FAILED_CELLS, EXIT_REGRESSION = 0, 2, 3, 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_id")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--recompute", action="store_true", help="redo the analysis from the cell files")
+    sp = cmd("check", "judge a run against its series' history: exit 4 on a confirmed regression")
+    sp.add_argument("run_id", nargs="?", default="latest")
+    group = sp.add_mutually_exclusive_group()
+    group.add_argument("--baseline", metavar="RUN", help="compare with this one run instead")
+    group.add_argument("--history", metavar="N", type=int, help="earlier runs per series "
+                       "(default: the matrix's check.history, 30)")
+    sp.add_argument("--format", choices=("text", "md", "json", "junit"), default="text")
+    sp.add_argument("-o", "--output", help="write the report here (exit code unchanged)")
+    sp = cmd("ack", "acknowledge an expected change: the cells' series restart at RUN")
+    sp.add_argument("run_id")
+    sp.add_argument("--cell", action="append", metavar="GLOB",
+                    help="cell keys to acknowledge (fnmatch pattern; repeatable; default all)")
+    sp.add_argument("--reason", required=True, help="why the change is expected")
+    sp.add_argument("--author", default=os.environ.get("USER"))
     sp = cmd("synth", "generate a synthetic COCO-format dataset", db=False)
     sp.add_argument("--out", required=True)
     sp.add_argument("--images", type=int, default=100)
@@ -239,6 +254,48 @@ def cmd_compare(args) -> int:
     return EXIT_OK
 
 
+def cmd_check(args) -> int:
+    from harness.check.render import FORMATS
+    from harness.check.verdict import check
+
+    report = check(_store(args, readonly=True), args.run_id, baseline=args.baseline,
+                   history=args.history)
+    text = FORMATS[args.format](report)
+    if args.output:
+        from harness.fileio import write_output
+
+        write_output(args.output, text.encode(), what="-o")
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return report.exit_code
+
+
+def cmd_ack(args) -> int:
+    from fnmatch import fnmatchcase
+
+    from harness.check.series import series_id
+
+    if not args.reason.strip():
+        raise UserError("--reason is empty: say why the change is expected (it is shown on "
+                        "the Trends page and in later checks)")
+    store = _store(args, readonly=True)
+    run = store.get_run(args.run_id)
+    cells = [c for c in store.cells(run.id) if not args.cell
+             or any(fnmatchcase(c.key, pattern) for pattern in args.cell)]
+    entries = [{"cell_key": c.key, "series": series_id(c, run.environment)} for c in cells]
+    entries = [e for e in entries if e["series"]]
+    if not entries:
+        wanted = ", ".join(args.cell or ["*"])
+        raise UserError(f"no finished cell of run {run.id} matches --cell {wanted}: "
+                        f"`detbench show {run.id}` lists its cell keys")
+    store.close()
+    acks = _store(args).add_acks(run.id, entries, metric="all", reason=args.reason.strip(),
+                                 author=args.author)
+    print(f"acknowledged {len(acks)} cell(s) at run {run.id}: {args.reason.strip()}")
+    return EXIT_OK
+
+
 def cmd_synth(args) -> int:
     from harness.data.synth import generate
 
@@ -273,7 +330,7 @@ def cmd_dashboard(args) -> int:
     return launch(args.db, args.port)
 
 
-COMMANDS = {"compare": cmd_compare, "plan": cmd_plan, "run": cmd_run, "list": cmd_list, "show": cmd_show,
+COMMANDS = {"check": cmd_check, "ack": cmd_ack, "compare": cmd_compare, "plan": cmd_plan, "run": cmd_run, "list": cmd_list, "show": cmd_show,
             "export": cmd_export, "synth": cmd_synth, "models": cmd_models, "db": cmd_db,
             "dashboard": cmd_dashboard}
 

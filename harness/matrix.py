@@ -132,6 +132,30 @@ class AlignmentSpec(_Strict):
     match_iou: float = Field(default=0.5, gt=0, le=1)
 
 
+class CheckSpec(_Strict):
+    """How ``detbench check`` judges a run against its history (see ``harness.check``)."""
+
+    min_magnitude: float = Field(default=0.05, gt=0, lt=1,
+                                 description="smallest latency change (relative) worth a regression")
+    history: int = Field(default=30, ge=2, description="earlier runs of a series to look at")
+    min_history: int = Field(default=5, ge=1, description="earlier runs needed for a verdict")
+    confirm_nights: int = Field(default=2, ge=1, description="consecutive bad runs that confirm")
+    z: float = Field(default=3.0, gt=0, description="one-sided significance, in standard errors")
+    ap_tolerance: dict[str, float] = Field(
+        default_factory=lambda: {"fp32": 0.002, "fp16": 0.002, "bf16": 0.002, "int8": 0.005},
+        description="largest accepted AP/AP50 drop per precision")
+    matched_pct_tolerance: float = Field(default=1.0, ge=0,
+                                         description="largest accepted drop of alignment matched %")
+
+    @field_validator("ap_tolerance")
+    @classmethod
+    def _tolerances(cls, v):
+        for name, tol in v.items():
+            if tol < 0:
+                raise ValueError(f"ap_tolerance.{name} must be >= 0, got {tol}")
+        return v
+
+
 class Rule(_Strict):
     """A partial cell: any subset of the axes; a misspelt value is an error, never a silent no-match."""
 
@@ -201,6 +225,7 @@ class Matrix(_Strict):
     timeout_s: float = Field(default=900, gt=0)
     max_input_gib: float = Field(default=MAX_INPUT_GIB, gt=0,
                                  description="largest input tensor (batch x 3 x imgsz^2 x 4 bytes) a cell may use")
+    check: CheckSpec = Field(default_factory=CheckSpec)
 
     @field_validator("backends")
     @classmethod
@@ -599,7 +624,9 @@ def cell_key(axes: dict) -> str:
 
 
 def matrix_hash(m: Matrix) -> str:
-    return hashlib.sha256(json.dumps(m.model_dump(), sort_keys=True).encode()).hexdigest()
+    """What the matrix measures; ``check`` (how runs are judged afterwards) is left out."""
+    data = m.model_dump(exclude={"check"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 DatasetSpec.model_rebuild()

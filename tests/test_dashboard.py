@@ -240,7 +240,7 @@ def test_trends_marks_the_regression(app):
     assert at.selectbox(key="cell").value == key
     charts = at.get("plotly_chart")
     assert len(charts) == 2  # AP and median latency by default
-    assert "MAD" in _texts(at)
+    assert "e-divisive" in _texts(at)
     assert any("change points" in w.value.lower() and "median_ms" in w.value for w in at.warning)
     at.multiselect(key="metrics").set_value(["images/s"]).run()
     assert len(at.get("plotly_chart")) == 1

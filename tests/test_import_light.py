@@ -25,7 +25,9 @@ def run_blocked(code: str) -> subprocess.CompletedProcess:
 
 def test_import_harness_without_heavy_packages():
     r = run_blocked("import harness, harness.matrix, harness.cli, harness.store, harness.backends, "
-                    "harness.runner.orchestrator, harness.report\nprint('ok')")
+                    "harness.runner.orchestrator, harness.report, harness.check.verdict\n"
+                    "assert 'scipy' not in sys.modules, 'scipy must load only when a check runs'\n"
+                    "print('ok')")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
 

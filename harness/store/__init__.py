@@ -6,6 +6,6 @@ upgrade``).  Importing this package stays cheap: no torch, no numpy.
 """
 from harness.store.api import Store
 from harness.store.migrate import current_revision, head_revision, upgrade
-from harness.store.records import CellRecord, RunRecord
+from harness.store.records import AckRecord, CellRecord, RunRecord
 
-__all__ = ["CellRecord", "RunRecord", "Store", "current_revision", "head_revision", "upgrade"]
+__all__ = ["AckRecord", "CellRecord", "RunRecord", "Store", "current_revision", "head_revision", "upgrade"]

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from harness.store import cells as cellops
 from harness.store import locks, migrate, runs
 from harness.store.engine import open_engine, user_errors
-from harness.store.records import CellRecord, RunRecord, from_row
-from harness.store.schema import (RUN_STATUSES, SERIES, TELEMETRY_FIELDS, Cell, ClassAP,
+from harness.store.records import AckRecord, CellRecord, RunRecord, from_row
+from harness.store.schema import (RUN_STATUSES, SERIES, TELEMETRY_FIELDS, Ack, Cell, ClassAP,
                                   LatencySample, Run, TelemetrySample)
 
 _RESUMABLE = ("pending", "running")  # running = left behind by a killed process
@@ -292,6 +292,69 @@ class Store:
                  .order_by(Run.created_at, Run.id))
         with self.session() as session:
             return [_history_row(cell, run) for cell, run in session.execute(query)]
+
+    # -- series over runs (detbench check) -------------------------------------
+
+    def series_candidates(self, *, model: str, backend: str, precision: str, batch: int,
+                          imgsz: int, nms: str = "none",
+                          until: str | None = None) -> list[dict[str, Any]]:
+        """Every finished or skipped cell with these axes in any run, oldest run first.
+
+        Any device index (the series identity, in ``harness.check``, names the GPU);
+        ``until``: only runs created no later than that run (an id, prefix or ``latest``).
+        Rows as in :meth:`history`, plus ``run_environment`` (the run's host environment).
+        """
+        query = (select(Cell, Run).join(Run, Cell.run_id == Run.id)
+                 .where(Cell.model == model, Cell.backend == backend,
+                        Cell.precision == precision, Cell.batch == batch, Cell.imgsz == imgsz,
+                        Cell.nms == nms, Cell.status.in_(("ok", "failed", "skipped")))
+                 .order_by(Run.created_at, Run.id))
+        with self.session() as session:
+            if until is not None:
+                last = runs.resolve(session, until)
+                query = query.where((Run.created_at < last.created_at)
+                                    | ((Run.created_at == last.created_at) & (Run.id <= last.id)))
+            return [{**_history_row(cell, run), "run_environment": run.environment}
+                    for cell, run in session.execute(query)]
+
+    def latency_samples_many(self, cell_ids: list[int],
+                             series: str = "model") -> dict[int, list[float]]:
+        """Per-iteration latencies of several cells at once: cell id -> values (maybe empty)."""
+        if series not in SERIES:
+            raise ValueError(f"latency series is one of {SERIES}, not {series!r}")
+        found: dict[int, list[float]] = {cell_id: [] for cell_id in cell_ids}
+        with self.session() as session:
+            for start in range(0, len(cell_ids), 500):
+                query = (select(LatencySample.cell_id, LatencySample.value_ms)
+                         .where(LatencySample.cell_id.in_(cell_ids[start:start + 500]),
+                                LatencySample.series == series)
+                         .order_by(LatencySample.cell_id, LatencySample.idx))
+                for cell_id, value in session.execute(query):
+                    found[cell_id].append(value)
+        return found
+
+    # -- acknowledgements ---------------------------------------------------------
+
+    def add_acks(self, run_id: str, entries: list[dict[str, str]], *, metric: str, reason: str,
+                 author: str | None = None) -> list[AckRecord]:
+        """Acknowledge a change at ``run_id`` for each ``{"cell_key", "series"}`` entry."""
+        with self._writing() as session:
+            run = runs.resolve(session, run_id)
+            rows = [Ack(created_at=cellops.now(), run_id=run.id, cell_key=entry["cell_key"],
+                        series=entry["series"], metric=metric, reason=reason, author=author)
+                    for entry in entries]
+            session.add_all(rows)
+            session.flush()
+            return [from_row(AckRecord, row) for row in rows]
+
+    def acks(self, series: list[str] | None = None) -> list[AckRecord]:
+        """Acknowledgements (of these series, or all), oldest first, with their run's time order."""
+        query = (select(Ack).join(Run, Ack.run_id == Run.id)
+                 .order_by(Run.created_at, Run.id, Ack.id))
+        if series is not None:
+            query = query.where(Ack.series.in_(series))
+        with self.session() as session:
+            return [from_row(AckRecord, row) for row in session.scalars(query)]
 
 
 def _ago(when, now) -> str:

@@ -101,3 +101,22 @@ def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return copy.deepcopy(value)
+
+
+@dataclass(frozen=True)
+class AckRecord:
+    """An acknowledged change: ``series`` (of cell ``cell_key``) restarts at run ``run_id``.
+
+    ``metric`` is ``all``, ``latency``, ``accuracy`` or ``status``."""
+
+    id: int
+    created_at: datetime
+    run_id: str
+    cell_key: str
+    series: str
+    metric: str
+    reason: str
+    author: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(self)

@@ -154,3 +154,19 @@ class TelemetrySample(Base):
     temp_c: Mapped[float | None]
     mem_used_mb: Mapped[float | None]
     gpu_util: Mapped[float | None]
+
+
+class Ack(Base):
+    """An acknowledged change of one cell's series (``detbench ack``): the series restarts at
+    ``run_id``, so ``detbench check`` takes no baseline from the runs before it."""
+
+    __tablename__ = "acks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime]
+    run_id: Mapped[str] = mapped_column(String(32), ForeignKey("runs.id", ondelete="CASCADE"))
+    cell_key: Mapped[str]
+    series: Mapped[str] = mapped_column(String(64), index=True)
+    metric: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    author: Mapped[str | None] = mapped_column(String(255))
