@@ -1,14 +1,17 @@
 """A cell's latency measurement: model time and end-to-end time, with telemetry.
 
 Model time: the backend's ``forward`` on an input already on the device (CUDA
-events on GPU).  End-to-end: preprocessing from decoded images, forward and
+events on GPU), the same region for every backend (``timing.MODEL_REGION``:
+input tensor on the device -> decoded boxes + scores; ``model+decode+nms`` for
+graphs ending in NMS).  End-to-end: preprocessing from decoded images, forward and
 postprocessing to detections in original coordinates (host clock, synchronised).
 Both use the same fixed batch: the first ``batch`` images, repeated if needed.
 """
 from __future__ import annotations
 
 from harness.measure.stats import summarize
-from harness.measure.timing import TimingPlan, time_calls, time_end_to_end
+from harness.measure.timing import (E2E_REGION, REGION_TEXT, TimingPlan, model_region, time_calls,
+                                    time_end_to_end)
 
 
 def measure(runner, pre, images: list, ids: list, cell: dict) -> dict:
@@ -37,13 +40,16 @@ def measure(runner, pre, images: list, ids: list, cell: dict) -> dict:
     if model["unstable"]:
         warnings.append(f"model latency unstable: coefficient of variation {model['cv']:.1%} > "
                         f"{t['cv_warn']:.0%} (busy host, throttling or unlocked clocks)")
+    region = model_region(cell.get("nms", "none"))
     out = {"latency": {**model, "timer": "cuda_event" if device.startswith("cuda") else "perf_counter_ns",
-                       "cuda_graph": getattr(forward, "graphed", False)},
+                       "cuda_graph": getattr(forward, "graphed", False),
+                       "region": region, "region_text": REGION_TEXT[region]},
            "samples": {"model": model_ms}, "telemetry": telemetry,
            "telemetry_samples": tele_samples, "warnings": warnings}
     if t.get("e2e", True):
         e2e_ms = time_end_to_end(lambda: runner.infer(pre(imgs, bids)), _e2e_plan(plan), device)
-        out["latency_e2e"] = {**summarize(e2e_ms, batch, t["cv_warn"]), "timer": "perf_counter_ns"}
+        out["latency_e2e"] = {**summarize(e2e_ms, batch, t["cv_warn"]), "timer": "perf_counter_ns",
+                              "region": E2E_REGION, "region_text": REGION_TEXT[E2E_REGION]}
         out["samples"]["e2e"] = e2e_ms
     peak = _peak_memory_mb(device)
     if peak is not None:
