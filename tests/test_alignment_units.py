@@ -322,7 +322,7 @@ def test_store_keeps_alignment_and_a_rerun_clears_it(tmp_path):
         assert store.alignments(run) == {c2.id: {"status": "ok", "matched": 3}}
         store.mark_running(c2.id)  # a rerun forgets the old analysis with the old results
         assert store.alignment(c2.id) is None
-    assert current_revision(url) == head_revision() == "0002"
+    assert current_revision(url) == head_revision() == "0003"
 
 
 def test_upgrade_from_0001_adds_the_column(tmp_path):
@@ -336,6 +336,6 @@ def test_upgrade_from_0001_adds_the_column(tmp_path):
     with engine.begin() as conn:
         command.upgrade(migrate.alembic_config(conn), "0001")
     engine.dispose()
-    assert upgrade(url) == "0002"
+    assert upgrade(url) == "0003"
     with Store(url) as store:
         assert store.is_empty()

@@ -21,8 +21,8 @@ NEXT_REVISION = textwrap.dedent("""\
     from alembic import op
     import sqlalchemy as sa
 
-    revision = "0003"
-    down_revision = "0002"
+    revision = "0004"
+    down_revision = "0003"
     branch_labels = None
     depends_on = None
 
@@ -200,7 +200,7 @@ def test_sqlite_pragmas(store, url):
 
 
 def test_fresh_db_is_at_head_and_upgrade_from_nothing(tmp_path, url):
-    assert head_revision() == "0002"
+    assert head_revision() == "0003"
     fresh = f"sqlite:///{tmp_path / 'sub' / 'fresh.db'}"
     assert upgrade(fresh) == head_revision() == current_revision(fresh)
     assert upgrade(fresh) == head_revision()  # idempotent
@@ -238,18 +238,18 @@ def test_tables_without_revision_are_refused(tmp_path):
 
 
 def test_behind_head_is_refused_until_upgraded(tmp_path, url, monkeypatch):
-    Store(url).close()  # at 0002
+    Store(url).close()  # at 0003
     scripts = tmp_path / "migrations"
     shutil.copytree(migrations.SCRIPT_LOCATION, scripts,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0003_extra.py").write_text(NEXT_REVISION)
+    (scripts / "versions" / "0004_extra.py").write_text(NEXT_REVISION)
     monkeypatch.setattr(migrations, "SCRIPT_LOCATION", str(scripts))
-    assert head_revision() == "0003"
+    assert head_revision() == "0004"
     with pytest.raises(UserError) as refused:
         Store(url)
-    assert str(refused.value) == (f"database {url} is at schema revision 0002, behind 0003: "
+    assert str(refused.value) == (f"database {url} is at schema revision 0003, behind 0004: "
                                   f"run `detbench db upgrade --db {url}`")
-    assert upgrade(url) == "0003" == current_revision(url)
+    assert upgrade(url) == "0004" == current_revision(url)
     Store(url).close()
 
 
@@ -264,3 +264,30 @@ def test_import_is_light():
 def _set_revision(url, rev):
     with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
         conn.execute("UPDATE alembic_version SET version_num = ?", (rev,))
+
+
+def test_stage_times_round_trip_and_upgrade_from_0002(tmp_path):
+    """Migration 0003: a 0002 database gains cells.stage_times; stored stage times come back."""
+    from alembic import command
+
+    from harness.report import cell_row
+    from harness.store import migrate
+    from harness.store.engine import open_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = open_engine(url, create=True, readonly=False)
+    with engine.begin() as conn:
+        command.upgrade(migrate.alembic_config(conn), "0002")
+    engine.dispose()
+    assert upgrade(url) == "0003"
+    with Store(url) as store:
+        run = store.create_run(name="r", matrix_path=None, matrix_hash="h", matrix_yaml="",
+                               git_sha=None, detbench_version="0", environment={},
+                               cells=[_cell(1)])
+        (cell,) = store.cells(run)
+        assert cell.stage_times is None
+        times = {"startup": 1.5, "load": 2.25, "infer": 3.0, "eval": 0.5, "measure": 1.0}
+        store.record_result(cell.id, status="ok", duration_s=8.0, stage_times=times)
+        (cell,) = store.cells(run)
+        assert cell.stage_times == times and cell.to_dict()["stage_times"] == times
+        assert cell_row(cell)["stages_s"] == "startup 1.5 · load 2.2 · infer 3.0 · eval 0.5 · measure 1.0"

@@ -207,8 +207,20 @@ def main(argv: list[str]) -> int:
     result["duration_s"] = time.time() - started
     result["stage_times"] = {**({"startup": startup} if startup is not None else {}),
                              **stages.summary()}
+    rss = _peak_rss_mb()
+    if rss is not None and result.get("status") == "ok":
+        result["telemetry"] = {**(result.get("telemetry") or {}), "worker_peak_rss_mb": rss}
     (work_dir / "result.json").write_text(json.dumps(result, default=_json_default))
     return 0
+
+
+def _peak_rss_mb():
+    """The worker process's peak resident memory (MiB), or None where ``resource`` is missing."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _process_age_s():
