@@ -138,6 +138,7 @@ def _infer_stream(runner, pre, ctx):
     keep = min(int(cell.get("alignment", {}).get("images", 0)), len(ctx.dataset.images))
     out, dropped, seen = [], 0, 0
     boxes, scores, metas, capture = [], [], [], keep > 0
+    infer_s = convert_s = 0.0
     for prepared in stream:
         if capture and seen < keep:
             dec = runner.decoded(prepared)
@@ -148,12 +149,18 @@ def _infer_stream(runner, pre, ctx):
                 boxes.append(dec[0][:take])
                 scores.append(dec[1][:take])
                 metas.extend(_plain_meta(m) for m in prepared.metas[:take])
-        for image_id, d in zip(prepared.image_ids, runner.infer(prepared)):
+        t0 = time.perf_counter()
+        dets = runner.infer(prepared)  # model + postprocessing, results on the host
+        t1 = time.perf_counter()
+        for image_id, d in zip(prepared.image_ids, dets):
             entries, n = to_coco_detections(image_id, d.boxes, d.scores, d.labels, cats)
             out.extend(entries)
             dropped += n
+        infer_s += t1 - t0
+        convert_s += time.perf_counter() - t1
         seen += len(prepared.image_ids)
-    stats = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stream.stats.items()}
+    stats = {k: (round(v, 4) if isinstance(v, float) else v)
+             for k, v in {**stream.stats, "model_post_s": infer_s, "to_coco_s": convert_s}.items()}
     decoded = _save_decoded(ctx, boxes, scores, metas) if capture and boxes else {}
     return out, dropped, decoded, stats
 
