@@ -127,6 +127,7 @@ def _case(case: str, args, work: Path) -> dict:
             "cell_wall_s_incl_spawn": round(r.wall_s, 2),
             "fixed_overhead_s": round(st.get("startup", 0) + st.get("load", 0), 2),
             "input_stream": res.get("provenance", {}).get("input_stream"),
+            "load_breakdown": res.get("provenance", {}).get("load_breakdown"),
             "peak_rss_mb": (cell.telemetry or {}).get("worker_peak_rss_mb"),
             "torch_peak_memory_mb": (cell.telemetry or {}).get("torch_peak_memory_mb"),
         }
@@ -193,8 +194,8 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     card = _card(args.device)
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True).stdout.strip() or os.environ.get("DETBENCH_GIT_SHA", "unknown")
+    git = os.environ.get("DETBENCH_GIT_SHA") or subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     doc = {"card": card, "date": date, "git": git, "device": args.device,
            "command": "python3 benchmarks/accuracy_pass.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "cases": []}

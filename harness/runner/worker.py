@@ -77,6 +77,12 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
 
     cell = ctx.cell
     stages.enter("load")
+    t0 = time.perf_counter()
+    import torch  # noqa: F401 - every runner needs it; timed apart from the rest of the load
+
+    t1 = time.perf_counter()
+    ctx.cfg  # mm* imports, module registration, the model config
+    t2 = time.perf_counter()
     dataset = ctx.dataset
     runner = BACKENDS[cell["backend"]].load_runner_class()(cell, ctx)
     try:
@@ -86,6 +92,8 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
         return {"status": "skipped", "stage": stages.current, "error": str(exc),
                 "provenance": {**info.facts, "eval": ctx.effective_eval()},
                 "artifacts": info.artifacts, "warnings": ctx.notes + info.warnings}
+    load_breakdown = {"import_torch_s": round(t1 - t0, 3), "mm_imports_config_s": round(t2 - t1, 3),
+                      "runner_load_s": round(time.perf_counter() - t2, 3)}
     try:
         pre = ctx.preprocessor(cell["device"])
         stages.enter("infer")
@@ -112,7 +120,7 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
                            "config_hash": provenance.file_hash(ctx.config_path),
                            "checkpoint_hash": _checkpoint_hash(ctx),
                            "annotations_hash": provenance.file_hash(dataset.ann_file),
-                           "input_stream": stream_stats},
+                           "input_stream": stream_stats, "load_breakdown": load_breakdown},
             "warnings": ctx.notes + runner.info.warnings + timing.pop("warnings", []),
         }
         if dropped:
