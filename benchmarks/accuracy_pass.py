@@ -59,7 +59,8 @@ def _card(device: str) -> str:
     return f"cpu-{os.cpu_count()}core-{platform.machine()}"
 
 
-def _matrix(case: str, images_dir: Path, ann: Path, device: str, warmup: int, iterations: int) -> str:
+def _matrix(case: str, images_dir: Path, ann: Path, device: str, warmup: int, iterations: int,
+            evaluator: str) -> str:
     if case == "fixture":
         model = (f"{{name: yolov8_synth, config: {FIXTURE / 'config.py'}, "
                  f"checkpoint: {FIXTURE / 'yolov8_synth.pth'}}}")
@@ -76,6 +77,7 @@ devices: [{device}]
 dataset: {{images: {images_dir}, annotations: {ann}}}
 timing: {{warmup: {warmup}, iterations: {iterations}, e2e: false}}
 alignment: {{images: 0}}
+eval: {{evaluator: {evaluator}}}
 timeout_s: 1800
 """
 
@@ -104,7 +106,7 @@ def _case(case: str, args, work: Path) -> dict:
     synth = _synth(data, images, size)
     db, cache = work / "accuracy_pass.db", work / "cache"
     (work / f"{case}.yaml").write_text(_matrix(case, data / "images", data / "annotations.json", args.device,
-                                                    args.warmup, args.iterations))
+                                                    args.warmup, args.iterations, args.evaluator))
     rows = {}
     for attempt in ("cold", "warm"):
         r = _cli("run", f"{case}.yaml", "--db", f"sqlite:///{db}", "--cache-dir", cache, cwd=work)
@@ -146,7 +148,7 @@ def _cpu_figures(work: Path) -> dict:
 
 def _markdown(doc: dict) -> str:
     lines = [f"# Accuracy pass — {doc['card']} — {doc['date']}", "",
-             f"detbench {doc['git']}, command: `{doc['command']}`", "",
+             f"detbench {doc['git']}, evaluator {doc['evaluator']}, command: `{doc['command']}`", "",
              "| case | cache | images | model-only img/s | accuracy-pass img/s | ratio | cell s | "
              "startup s | load s | infer s | eval s | measure s | peak RSS MB | AP |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -184,6 +186,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default="fixture,v8n640")
     ap.add_argument("--fixture-images", type=int, default=2000)
     ap.add_argument("--v8-images", type=int, default=5000)
+    ap.add_argument("--evaluator", default="pycocotools", choices=("pycocotools", "faster-coco-eval"))
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--work", type=Path, default=Path("/tmp/detbench-accuracy-pass"))
@@ -196,7 +199,7 @@ def main(argv=None) -> int:
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     git = os.environ.get("DETBENCH_GIT_SHA") or subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    doc = {"card": card, "date": date, "git": git, "device": args.device,
+    doc = {"card": card, "date": date, "git": git, "device": args.device, "evaluator": args.evaluator,
            "command": "python3 benchmarks/accuracy_pass.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "cases": []}
     for case in args.cases.split(","):
@@ -205,7 +208,8 @@ def main(argv=None) -> int:
     if args.cpu_figures:
         doc["cpu_figures"] = _cpu_figures(args.work)
     slug = re.sub(r"[^A-Za-z0-9]+", "_", card).strip("_").lower()
-    stem = args.out / f"accuracy_pass_{slug}_{date}"
+    suffix = "" if args.evaluator == "pycocotools" else f"_{args.evaluator.replace('-', '_')}"
+    stem = args.out / f"accuracy_pass_{slug}_{date}{suffix}"
     stem.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))
     stem.with_suffix(".md").write_text(_markdown(doc))
     print(_markdown(doc))

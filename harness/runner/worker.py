@@ -104,7 +104,8 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
 
         det_path = ctx.work_dir / "detections.json"
         det_path.write_text(json.dumps(detections))
-        coco = evaluate(dataset.ann_file, detections, ids)
+        coco = evaluate(dataset.ann_file, detections, ids,
+                        evaluator=cell.get("eval", {}).get("evaluator") or "pycocotools")
         stages.enter("measure")
         from harness.measure.measure_cell import measure
 
@@ -116,7 +117,8 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
             "class_ap": coco["per_class"], **timing,
             "artifacts": {"detections": str(det_path), **decoded, **runner.info.artifacts},
             "provenance": {**provenance.device_environment(cell["device"]), **runner.info.facts,
-                           "eval": ctx.effective_eval(), "config": str(ctx.config_path),
+                           "eval": {**ctx.effective_eval(), "evaluator": coco["evaluator"]},
+                           "config": str(ctx.config_path),
                            "config_hash": provenance.file_hash(ctx.config_path),
                            "checkpoint_hash": _checkpoint_hash(ctx),
                            "annotations_hash": provenance.file_hash(dataset.ann_file),
