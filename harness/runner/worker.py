@@ -138,12 +138,7 @@ def _infer_stream(runner, pre, ctx):
 
     Images are decoded and preprocessed by workers ahead of the device (or read
     from the preprocessed-input cache); only a few batches are ever in memory.
-    The conversion to COCO entries runs in one helper thread while the next
-    batch is on the device (at most 4 batches wait for it), in batch order.
     """
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
     from harness.evaluate.coco_eval import to_coco_detections
     from harness.models.stream import BatchStream
 
@@ -154,44 +149,26 @@ def _infer_stream(runner, pre, ctx):
     out, dropped, seen = [], 0, 0
     boxes, scores, metas, capture = [], [], [], keep > 0
     infer_s = convert_s = 0.0
-
-    def convert(ids, dets):
-        t = time.perf_counter()
-        entries, lost = [], 0
-        for image_id, d in zip(ids, dets):
-            e, n = to_coco_detections(image_id, d.boxes, d.scores, d.labels, cats)
-            entries.extend(e)
-            lost += n
-        return entries, lost, time.perf_counter() - t
-
-    def collect(future):
-        nonlocal dropped, convert_s
-        entries, lost, secs = future.result()
-        out.extend(entries)
-        dropped += lost
-        convert_s += secs
-
-    pending: deque = deque()
-    with ThreadPoolExecutor(1, thread_name_prefix="detbench-coco") as pool:
-        for prepared in stream:
-            if capture and seen < keep:
-                dec = runner.decoded(prepared)
-                if dec is None:
-                    capture = False
-                else:
-                    take = min(keep - seen, len(prepared.image_ids))
-                    boxes.append(dec[0][:take])
-                    scores.append(dec[1][:take])
-                    metas.extend(_plain_meta(m) for m in prepared.metas[:take])
-            t0 = time.perf_counter()
-            dets = runner.infer(prepared)  # model + postprocessing, results on the host
-            infer_s += time.perf_counter() - t0
-            pending.append(pool.submit(convert, list(prepared.image_ids), dets))
-            while len(pending) > 4:
-                collect(pending.popleft())
-            seen += len(prepared.image_ids)
-        while pending:
-            collect(pending.popleft())
+    for prepared in stream:
+        if capture and seen < keep:
+            dec = runner.decoded(prepared)
+            if dec is None:
+                capture = False
+            else:
+                take = min(keep - seen, len(prepared.image_ids))
+                boxes.append(dec[0][:take])
+                scores.append(dec[1][:take])
+                metas.extend(_plain_meta(m) for m in prepared.metas[:take])
+        t0 = time.perf_counter()
+        dets = runner.infer(prepared)  # model + postprocessing, results on the host
+        t1 = time.perf_counter()
+        for image_id, d in zip(prepared.image_ids, dets):
+            entries, n = to_coco_detections(image_id, d.boxes, d.scores, d.labels, cats)
+            out.extend(entries)
+            dropped += n
+        infer_s += t1 - t0
+        convert_s += time.perf_counter() - t1
+        seen += len(prepared.image_ids)
     stats = {k: (round(v, 4) if isinstance(v, float) else v)
              for k, v in {**stream.stats, "model_post_s": infer_s, "to_coco_s": convert_s}.items()}
     decoded = _save_decoded(ctx, boxes, scores, metas) if capture and boxes else {}
