@@ -154,3 +154,27 @@ def test_consumer_error_stops_the_feeder():
             raise RuntimeError("device failed")
     assert ds.decoded < 100
     assert not [t for t in threading.enumerate() if t.name.startswith("detbench-")]
+
+
+def test_dataset_hash_memo_rehashes_only_changed_files(synth_val, tmp_path, monkeypatch):
+    import os
+
+    from harness.data import input_cache
+    from harness.measure import provenance
+
+    images_dir, ann = synth_val
+    copy = tmp_path / "images"
+    shutil.copytree(images_dir, copy)
+    paths = sorted(copy.iterdir())
+    plain = input_cache.dataset_hash(ann, paths)
+    assert input_cache.dataset_hash(ann, paths, memo_dir=tmp_path / "memo") == plain  # fills the memo
+    calls = []
+    real = provenance.file_hash
+    monkeypatch.setattr(provenance, "file_hash", lambda p, *a: calls.append(Path(p).name) or real(p, *a))
+    assert input_cache.dataset_hash(ann, paths, memo_dir=tmp_path / "memo") == plain
+    assert calls == [ann.name]  # only the annotations file is read again
+    paths[2].write_bytes(paths[2].read_bytes() + b"x")  # content changes: size and mtime change
+    os.utime(paths[3], ns=(1, 1))  # same bytes, other mtime: re-hashed, same digest
+    calls.clear()
+    changed = input_cache.dataset_hash(ann, paths, memo_dir=tmp_path / "memo")
+    assert sorted(calls) == sorted([paths[2].name, paths[3].name, ann.name]) and changed != plain

@@ -67,8 +67,9 @@ class CellContext:
         from harness.data.input_cache import InputCache, cache_key, dataset_hash
 
         ds = self.dataset
-        key = cache_key(dataset_hash(ds.ann_file, [im.path for im in ds.images]), pre.pipeline_hash(),
-                        self.cell["imgsz"])
+        data = dataset_hash(ds.ann_file, [im.path for im in ds.images],
+                            memo_dir=self.cache_dir / "inputs")
+        key = cache_key(data, pre.pipeline_hash(), self.cell["imgsz"])
         return InputCache(self.cache_dir, key)
 
     def mm_test_cfg(self, base) -> "object":
