@@ -2,7 +2,8 @@
 
 For yolov8_n (random weights, 640 px) at each precision and batch, this times
 the same forward two ways, interleaved in rounds so clock drift hits both:
-  bare     — CUDA events around ``head(extract_feat(x))`` in a plain loop;
+  bare     — CUDA events around the model region (``DeployModel(nms='none')(x)``: backbone,
+             neck, head, decode — the same region every backend times) in a plain loop;
   detbench — ``time_calls(runner.bind_forward(x))`` inside
              ``runner.timing_context()``, the code every cell's measurement uses.
 The ratio of medians must be <= 1.02.  It also compares CUDA-graph replay with
@@ -42,7 +43,7 @@ def make_runner(precision: str, batch: int, imgsz: int) -> PyTorchRunner:
     return runner
 
 
-def bare_loop(model, head, x, n: int) -> list[float]:
+def bare_loop(deploy, x, n: int) -> list[float]:
     import torch
 
     out = []
@@ -51,7 +52,7 @@ def bare_loop(model, head, x, n: int) -> list[float]:
         for _ in range(n):
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record()
-            head(model.extract_feat(x))
+            deploy(x)
             e.record()
             events.append((s, e))
         torch.cuda.synchronize()
@@ -72,7 +73,7 @@ def measure(precision: str, batch: int, imgsz: int) -> dict:
     sampler = NvmlSampler(torch.cuda.current_device())
     with sampler:
         for _ in range(ROUNDS):
-            bare += bare_loop(runner.model, runner.head, x, ITERS)
+            bare += bare_loop(runner._deploy_model(), x, ITERS)
             with runner.timing_context():  # exactly what harness.measure.measure_cell does
                 harness += time_calls(runner.bind_forward(x), plan, "cuda")
     replay = runner.graphed_forward(x)

@@ -106,6 +106,8 @@ class EvalSpec(_Strict):
     keep_topk: Optional[int] = Field(default=None, gt=0)
     pre_topk_policy: Literal["clamp", "refuse"] = Field(
         default="clamp", description="when pre_topk exceeds a backend's TopK limit (TensorRT: 3840)")
+    evaluator: Literal["pycocotools", "faster-coco-eval"] = Field(
+        default="pycocotools", description="COCO evaluator; pycocotools is the reference")
 
 
 class TimingSpec(_Strict):

@@ -14,7 +14,21 @@ import io
 import json
 
 COLUMNS = ("model", "backend", "precision", "batch", "imgsz", "device", "nms", "status", "AP",
-           "AP50", "median_ms", "p99_ms", "mad_ms", "img_per_s", "e2e_median_ms", "note")
+           "AP50", "median_ms", "p99_ms", "mad_ms", "img_per_s", "e2e_median_ms", "stages_s", "note")
+
+#: the order stage times are shown in (others, if any, follow)
+STAGE_ORDER = ("startup", "load", "export", "build", "calibrate", "preprocess", "infer", "eval",
+               "measure", "alignment")
+
+
+def stage_summary(stage_times: dict | None) -> str | None:
+    """``"startup 1.2 · load 3.4 · infer 5.0 ..."``: a cell's wall seconds per stage."""
+    if not stage_times:
+        return None
+    names = [s for s in STAGE_ORDER if s in stage_times] + \
+        [s for s in stage_times if s not in STAGE_ORDER]
+    return " · ".join(f"{s} {float(stage_times[s]):.1f}" for s in names
+                      if isinstance(stage_times[s], (int, float)))
 
 
 def cell_row(cell) -> dict:
@@ -30,7 +44,8 @@ def cell_row(cell) -> dict:
             "status": cell.status, "AP": metrics.get("AP"), "AP50": metrics.get("AP50"),
             "median_ms": lat.get("median_ms"), "p99_ms": lat.get("p99_ms"),
             "mad_ms": lat.get("mad_ms"), "img_per_s": lat.get("throughput_ips"),
-            "e2e_median_ms": e2e.get("median_ms"), "note": note}
+            "e2e_median_ms": e2e.get("median_ms"),
+            "stages_s": stage_summary(getattr(cell, "stage_times", None)), "note": note}
 
 
 def _is_ap(column: str) -> bool:

@@ -266,3 +266,30 @@ def test_import_is_light():
 def _set_revision(url, rev):
     with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
         conn.execute("UPDATE alembic_version SET version_num = ?", (rev,))
+
+
+def test_stage_times_round_trip_and_upgrade_from_0002(tmp_path):
+    """Migration 0007: a 0002 database gains cells.stage_times; stored stage times come back."""
+    from alembic import command
+
+    from harness.report import cell_row
+    from harness.store import migrate
+    from harness.store.engine import open_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = open_engine(url, create=True, readonly=False)
+    with engine.begin() as conn:
+        command.upgrade(migrate.alembic_config(conn), "0002")
+    engine.dispose()
+    assert upgrade(url) == head_revision()
+    with Store(url) as store:
+        run = store.create_run(name="r", matrix_path=None, matrix_hash="h", matrix_yaml="",
+                               git_sha=None, detbench_version="0", environment={},
+                               cells=[_cell(1)])
+        (cell,) = store.cells(run)
+        assert cell.stage_times is None
+        times = {"startup": 1.5, "load": 2.25, "infer": 3.0, "eval": 0.5, "measure": 1.0}
+        store.record_result(cell.id, status="ok", duration_s=8.0, stage_times=times)
+        (cell,) = store.cells(run)
+        assert cell.stage_times == times and cell.to_dict()["stage_times"] == times
+        assert cell_row(cell)["stages_s"] == "startup 1.5 · load 2.2 · infer 3.0 · eval 0.5 · measure 1.0"

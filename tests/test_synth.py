@@ -31,6 +31,15 @@ def test_deterministic(tmp_path):
     assert _tree(c.parent) != ta
 
 
+def test_identical_whatever_the_worker_count(tmp_path):
+    one = _tree(synth.generate(tmp_path / "w1", images=9, seed=3, size=96, workers=1).parent)
+    three = _tree(synth.generate(tmp_path / "w3", images=9, seed=3, size=96, workers=3).parent)
+    assert len(one) == 10 and one == three
+    # a longer set starts with the same images: image i depends only on (seed, i)
+    more = _tree(synth.generate(tmp_path / "w2", images=12, seed=3, size=96, workers=2).parent)
+    assert all(more[k] == v for k, v in one.items() if k.endswith(".png"))
+
+
 def test_layout_and_return_value(forty):
     root = forty.parent
     assert forty.name == "annotations.json"

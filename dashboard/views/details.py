@@ -59,6 +59,16 @@ def main() -> None:
         else:
             st.caption("no accuracy measured")
 
+    stage_times = getattr(cell, "stage_times", None) or {}
+    if stage_times:
+        st.markdown("**stage times** (wall seconds in the cell's worker)")
+        st.dataframe(pd.DataFrame({"stage": list(stage_times),
+                                   "seconds": [_num(v) for v in stage_times.values()]}),
+                     hide_index=True)
+    region = (cell.latency or {}).get("region_text")
+    if region:
+        st.caption(f"model time = {region}")
+
     with st.expander("provenance", expanded=False):
         st.json(cell.provenance or {}, expanded=1)
     with st.expander("parameters"):

@@ -1,8 +1,13 @@
-"""The PyTorch reference: mmyolo's own model, head decoding and NMS.
+"""The PyTorch reference: mmyolo's own model, its decoding and NMS.
 
-Model time is backbone + neck + head (the raw head outputs); postprocessing is
-the head's ``predict_by_feat`` (decode, score threshold, pre-top-k, NMS,
-keep-top-k, rescale to the original image), i.e. exactly what mmyolo predicts.
+Model time is the timed region every backend shares (``harness.measure.timing.
+MODEL_REGION``): input tensor on the device -> decoded boxes + scores, here
+backbone + neck + head + detbench's ``DeployModel`` decode (tested equal to the
+tensors inside mmyolo's ``predict_by_feat``), the same graph boundary as the
+exported ONNX/TensorRT graphs.  Postprocessing is mmyolo's score threshold,
+pre-top-k, NMS, keep-top-k and rescale (tested equal to ``predict_by_feat``):
+batched on the GPU for CUDA cells (``harness.export.device_nms``), image by
+image with mmdet/mmcv's helpers on CPU (``harness.export.host_nms``).
 """
 from __future__ import annotations
 
@@ -27,16 +32,23 @@ class PyTorchRunner(Runner):
         self.test_cfg = self.ctx.mm_test_cfg(self.head.test_cfg)
         self.info.facts.update({"dtype": str(self.dtype), "device": device})
 
+    def _deploy_model(self):
+        from harness.export.deploy import DeployModel
+
+        if getattr(self, "_deploy", None) is None:
+            self._deploy = DeployModel(self.model, nms="none").eval()
+        return self._deploy
+
     def forward(self, inputs):
         import torch
 
         with torch.inference_mode():
-            return self.head(self.model.extract_feat(inputs.to(self.dtype)))
+            return self._deploy_model()(inputs.to(self.dtype))
 
     def bind_forward(self, inputs):
         x = inputs.to(self.dtype)
-        model, head = self.model, self.head
-        return lambda: head(model.extract_feat(x))
+        deploy = self._deploy_model()
+        return lambda: deploy(x)
 
     def timing_context(self):
         import torch
@@ -56,36 +68,35 @@ class PyTorchRunner(Runner):
         static = inputs.to(self.dtype).clone()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
+        deploy = self._deploy_model()
         with torch.cuda.stream(side), torch.inference_mode():
             for _ in range(3):  # cuDNN autotuning and lazy init must happen before capture
-                self.head(self.model.extract_feat(static))
+                deploy(static)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(graph):
-            self._graph_outputs = self.head(self.model.extract_feat(static))
+            self._graph_outputs = deploy(static)
         self._graph = graph
         return graph.replay
 
     def postprocess(self, raw, metas):
         import torch
 
-        raw = tuple([t.float() for t in level] if isinstance(level, (list, tuple)) else level
-                    for level in raw)
+        boxes, scores = raw
         with torch.inference_mode():
-            results = self.head.predict_by_feat(*raw, batch_img_metas=metas, cfg=self.test_cfg,
-                                                rescale=True)
-        return [Detections(r.bboxes.cpu().numpy(), r.scores.cpu().numpy(), r.labels.cpu().numpy())
-                for r in results]
+            if boxes.is_cuda:
+                from harness.export.device_nms import batched_postprocess
+
+                b, s, l, n = batched_postprocess(boxes, scores, metas, self.test_cfg)
+                b, s, l, n = b.cpu().numpy(), s.cpu().numpy(), l.cpu().numpy(), n.tolist()
+                return [Detections(b[i, :k], s[i, :k], l[i, :k]) for i, k in enumerate(n)]
+            from harness.export.host_nms import host_postprocess
+
+            return [Detections(b.numpy(), s.numpy(), l.numpy())
+                    for b, s, l in host_postprocess(boxes, scores, metas, self.test_cfg)]
 
     def decoded(self, prepared):
-        import torch
-
-        from harness.export.deploy import DeployModel
-
-        if getattr(self, "_deploy", None) is None:
-            self._deploy = DeployModel(self.model, nms="none").eval()
-        with torch.inference_mode():
-            boxes, scores = self._deploy(prepared.inputs.to(self.dtype))
+        boxes, scores = self.forward(prepared.inputs)
         return boxes.float().cpu().numpy(), scores.float().cpu().numpy()
 
     def close(self) -> None:

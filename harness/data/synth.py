@@ -2,8 +2,9 @@
 
 ``generate(out_dir, images, seed)`` writes ``out_dir/images/000000.png ...``
 (lossless PNG) and ``out_dir/annotations.json`` (COCO instances) and returns the
-path of the annotation file.  The same arguments give byte-identical output:
-all randomness comes from one ``numpy.random.default_rng(seed)`` stream.
+path of the annotation file.  The same arguments give byte-identical output,
+whatever the number of worker processes: image ``i``'s randomness comes from
+its own ``numpy.random.default_rng([seed, i])`` stream.
 
 Each image has a textured, noisy background, optional unannotated clutter
 (lines, thin elongated blobs, polylines) drawn *under* the objects, and
@@ -35,58 +36,46 @@ _MIN_CONTRAST = 70.0
 
 
 def generate(out_dir, images: int, seed: int, size: int = 320, max_objects: int = 6,
-             clutter: bool = True) -> pathlib.Path:
-    """Write ``images`` synthetic images and their COCO annotations under ``out_dir``."""
-    import cv2
-    import numpy as np
+             clutter: bool = True, workers: int | None = None) -> pathlib.Path:
+    """Write ``images`` synthetic images and their COCO annotations under ``out_dir``.
 
+    Image ``i`` draws from its own stream, ``numpy.random.default_rng([seed, i])``,
+    so images are generated in parallel (``workers`` processes, default: every
+    usable core) and the files are byte-identical whatever the worker count.
+    """
     if images < 0 or max_objects < 1 or size < 16:
         raise ValueError("need images >= 0, max_objects >= 1 and size >= 16")
     out = pathlib.Path(out_dir)
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+    workers = max(1, min(workers or _cores(), images or 1))
+    args = [(idx, seed, size, max_objects, clutter, str(img_dir)) for idx in range(images)]
+    if workers == 1:
+        per_image = [_one_image(*a) for a in args]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # fork: no re-import of the parent's modules; "spawn" works too, only slower to start
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
+                                          else "spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            per_image = list(pool.map(_one_image_args, args, chunksize=max(1, images // (workers * 8))))
 
     coco_images, coco_anns = [], []
     ann_id = 1
-    for idx in range(images):
-        canvas = _background(rng, size, np, cv2)
-        if clutter:
-            _clutter(rng, canvas, np, cv2)
-        owner = np.full((size, size), -1, dtype=np.int32)  # index of the top object per pixel
-        shapes = []
-        n = int(rng.integers(1, max_objects + 1))
-        for k in range(n):
-            cls = int(rng.integers(len(CLASSES)))
-            mask = _shape_mask(rng, CLASSES[cls], size, np, cv2)
-            colour = _pick_colour(rng, canvas[mask.astype(bool)], np)
-            _paint(rng, canvas, mask.astype(bool), colour, np)
-            owner[mask.astype(bool)] = k
-            ys, xs = np.nonzero(mask)
-            x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
-            shapes.append((cls, int(mask.sum()), (x0, y0, x1 - x0 + 1, y1 - y0 + 1)))
-        visible = np.bincount(owner[owner >= 0].ravel(), minlength=n)
+    for idx, (name, anns) in enumerate(per_image):
         image_id = idx + 1
-        for k, (cls, full_area, bbox) in enumerate(shapes):
-            vis = int(visible[k])
-            if vis < (1.0 - MAX_OCCLUSION) * full_area:
-                continue
+        for cls, vis, bbox in anns:
             coco_anns.append({
                 "id": ann_id, "image_id": image_id, "category_id": cls + 1,
                 "bbox": [float(v) for v in bbox], "area": float(vis), "iscrowd": 0,
             })
             ann_id += 1
-        if clutter:
-            _noise_on_top(rng, canvas, np)
-        name = f"{idx:06d}.png"
-        ok, buf = cv2.imencode(".png", canvas, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-        if not ok:
-            raise RuntimeError(f"PNG encoding failed for {name}")
-        (img_dir / name).write_bytes(buf.tobytes())
         coco_images.append({"id": image_id, "file_name": name, "width": size, "height": size})
 
     doc = {
-        "info": {"description": "detbench synthetic shapes", "version": "1",
+        "info": {"description": "detbench synthetic shapes", "version": "2",
                  "seed": int(seed), "images": int(images), "size": int(size),
                  "max_objects": int(max_objects), "clutter": bool(clutter)},
         "images": coco_images,
@@ -97,6 +86,54 @@ def generate(out_dir, images: int, seed: int, size: int = 320, max_objects: int 
     path = out / "annotations.json"
     path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
     return path
+
+
+def _cores() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _one_image_args(args):
+    return _one_image(*args)
+
+
+def _one_image(idx: int, seed: int, size: int, max_objects: int, clutter: bool, img_dir: str):
+    """Draw, encode and write image ``idx``; returns (file name, [(class, visible area, bbox)])."""
+    import cv2
+    import numpy as np
+
+    cv2.setNumThreads(1)  # the parallelism is across images
+    rng = np.random.default_rng([int(seed), int(idx)])
+    canvas = _background(rng, size, np, cv2)
+    if clutter:
+        _clutter(rng, canvas, np, cv2)
+    owner = np.full((size, size), -1, dtype=np.int32)  # index of the top object per pixel
+    shapes = []
+    n = int(rng.integers(1, max_objects + 1))
+    for k in range(n):
+        cls = int(rng.integers(len(CLASSES)))
+        mask = _shape_mask(rng, CLASSES[cls], size, np, cv2)
+        colour = _pick_colour(rng, canvas[mask.astype(bool)], np)
+        _paint(rng, canvas, mask.astype(bool), colour, np)
+        owner[mask.astype(bool)] = k
+        ys, xs = np.nonzero(mask)
+        x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
+        shapes.append((cls, int(mask.sum()), (x0, y0, x1 - x0 + 1, y1 - y0 + 1)))
+    visible = np.bincount(owner[owner >= 0].ravel(), minlength=n)
+    anns = [(cls, int(visible[k]), bbox) for k, (cls, full_area, bbox) in enumerate(shapes)
+            if int(visible[k]) >= (1.0 - MAX_OCCLUSION) * full_area]
+    if clutter:
+        _noise_on_top(rng, canvas, np)
+    name = f"{idx:06d}.png"
+    ok, buf = cv2.imencode(".png", canvas, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise RuntimeError(f"PNG encoding failed for {name}")
+    (pathlib.Path(img_dir) / name).write_bytes(buf.tobytes())
+    return name, anns
 
 
 def _background(rng, size, np, cv2):

@@ -6,6 +6,12 @@ same score threshold, ``nms_pre`` top-k, class-aware ``batched_nms``,
 detbench family uses), with mmdet/mmcv's own helpers, so a backend that only
 runs the network is scored with mmyolo's postprocessing.
 
+Equal scores are ordered by input position (a *stable* sort), in the top-k
+and after NMS.  mmdet and mmcv sort with ``torch.sort`` (not stable), whose
+order among ties is implementation-defined: the CPU and the GPU order them
+differently, so mmyolo itself is not reproducible on exact ties.  Fixing the
+order is what lets :mod:`harness.export.device_nms` equal this path exactly.
+
 One step of mmyolo is deliberately absent: for objectness heads it first drops
 priors whose objectness is <= score_thr.  That cannot change the result,
 because score = cls * obj <= obj, so such priors never pass the score
@@ -44,17 +50,27 @@ def _one_image(boxes, scores, meta: dict, cfg: dict, rescale: bool):
 
 def _select(boxes, scores, cfg: dict):
     """Score threshold and ``nms_pre`` top-k, per (prior, class) pair or per prior."""
-    from mmdet.models.utils import filter_scores_and_topk
-
     score_thr, nms_pre = cfg.get("score_thr", -1), cfg.get("nms_pre", 100000)
     if cfg.get("multi_label", True) and scores.shape[1] > 1:
-        scores, labels, keep, _ = filter_scores_and_topk(scores, score_thr, nms_pre)
+        scores, keep, labels = _filter_topk(scores, score_thr, nms_pre)
     else:
-        scores, labels = scores.max(1, keepdim=True)
-        scores, _, keep, kept = filter_scores_and_topk(scores, score_thr, nms_pre,
-                                                       results=dict(labels=labels[:, 0]))
-        labels = kept["labels"]
+        scores, best = scores.max(1, keepdim=True)
+        scores, keep, _ = _filter_topk(scores, score_thr, nms_pre)
+        labels = best[keep, 0]
     return boxes[keep], scores, labels
+
+
+def _filter_topk(scores, score_thr: float, topk: int):
+    """mmdet's ``filter_scores_and_topk`` with a stable sort (its slicing quirks kept)."""
+    import torch
+
+    valid = scores > score_thr
+    values = scores[valid]
+    where = torch.nonzero(valid)
+    num = min(topk, where.size(0))
+    values, order = values.sort(descending=True, stable=True)
+    keep, labels = where[order[:num]].unbind(dim=1)
+    return values[:num], keep, labels
 
 
 def _to_original(boxes, meta: dict):
@@ -79,6 +95,10 @@ def _nms(boxes, scores, labels, cfg: dict):
     if boxes.numel() == 0:
         return boxes, scores, labels
     dets, keep = batched_nms(boxes, scores, labels, dict(cfg["nms"]))
+    # mmcv's per-class branch (>= split_thr candidates) re-sorts by score without stability
+    keep, pos = keep.sort(stable=True)
+    order = dets[pos, -1].sort(descending=True, stable=True).indices
+    keep, dets = keep[order], dets[pos[order]]
     # yolox_style keeps every NMS survivor instead of cutting at max_per_img
     limit = len(keep) if cfg.get("yolox_style", False) else cfg["max_per_img"]
     return boxes[keep][:limit], dets[:, -1][:limit], labels[keep][:limit]

@@ -1,7 +1,9 @@
 """A cell's latency measurement: model time and end-to-end time, with telemetry.
 
 Model time: the backend's ``forward`` on an input already on the device (CUDA
-events on GPU).  End-to-end: preprocessing from decoded images, forward and
+events on GPU), the same region for every backend (``timing.MODEL_REGION``:
+input tensor on the device -> decoded boxes + scores; ``model+decode+nms`` for
+graphs ending in NMS).  End-to-end: preprocessing from decoded images, forward and
 postprocessing to detections in original coordinates (host clock, synchronised).
 Both use the same fixed batch: the first ``batch`` images, repeated if needed.
 """
@@ -12,7 +14,8 @@ import contextlib
 from harness.measure.host import contention_warnings, impossible_e2e_warning
 from harness.measure.host import sampler as host_sampler
 from harness.measure.stats import summarize
-from harness.measure.timing import TimingPlan, time_calls, time_end_to_end
+from harness.measure.timing import (E2E_REGION, REGION_TEXT, TimingPlan, model_region, time_calls,
+                                    time_end_to_end)
 
 
 def measure(runner, pre, images: list, ids: list, cell: dict) -> dict:
@@ -47,12 +50,15 @@ def measure(runner, pre, images: list, ids: list, cell: dict) -> dict:
     if model["unstable"]:
         warnings.append(f"model latency unstable: coefficient of variation {model['cv']:.1%} > "
                         f"{t['cv_warn']:.0%} (busy host, throttling or unlocked clocks)")
+    region = model_region(cell.get("nms", "none"))
     out = {"latency": {**model, "timer": "cuda_event" if device.startswith("cuda") else "perf_counter_ns",
-                       "cuda_graph": getattr(forward, "graphed", False)},
+                       "cuda_graph": getattr(forward, "graphed", False),
+                       "region": region, "region_text": REGION_TEXT[region]},
            "samples": {"model": model_ms}, "telemetry": telemetry,
            "telemetry_samples": tele_samples, "warnings": warnings}
     if e2e_ms is not None:
-        out["latency_e2e"] = {**summarize(e2e_ms, batch, t["cv_warn"]), "timer": "perf_counter_ns"}
+        out["latency_e2e"] = {**summarize(e2e_ms, batch, t["cv_warn"]), "timer": "perf_counter_ns",
+                              "region": E2E_REGION, "region_text": REGION_TEXT[E2E_REGION]}
         out["samples"]["e2e"] = e2e_ms
         warnings.extend(impossible_e2e_warning(model["median_ms"], out["latency_e2e"]["median_ms"]))
     if host is not None:

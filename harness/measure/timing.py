@@ -10,6 +10,25 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+# One definition of each timed region, identical for every backend; stored with every cell.
+MODEL_REGION = "model+decode"          # input tensor on the device -> decoded boxes + scores
+MODEL_NMS_REGION = "model+decode+nms"  # the same, for graphs that end in NMS (nms != none)
+E2E_REGION = "e2e"                     # decoded image in host memory -> final detections,
+                                       # original coordinates (preprocess + model + postprocess)
+REGION_TEXT = {
+    MODEL_REGION: "input tensor on the device -> decoded boxes + scores (backbone, neck, head, "
+                  "box decoding; no NMS)",
+    MODEL_NMS_REGION: "input tensor on the device -> final per-image detections of the graph "
+                      "(decoding + in-graph NMS)",
+    E2E_REGION: "decoded image in host memory -> final detections in original image coordinates "
+                "(preprocessing, model, postprocessing incl. NMS, synchronised)",
+}
+
+
+def model_region(nms: str) -> str:
+    """The model-time region of a cell: in-graph NMS variants time model + NMS and say so."""
+    return MODEL_REGION if nms == "none" else MODEL_NMS_REGION
+
 
 @dataclass(frozen=True)
 class TimingPlan:

@@ -38,6 +38,7 @@ class Preprocessor:
         self.pipeline = Compose(steps)
         dp_cfg = dict(cfg.model.data_preprocessor)
         dp_cfg.pop("batch_augments", None)  # training-time only
+        self._steps, self._dp_cfg = [dict(s) for s in steps], dict(dp_cfg)
         self.data_preprocessor = MM_MODELS.build(dp_cfg).to(device)
         self.device = device
 
@@ -50,3 +51,34 @@ class Preprocessor:
         out = self.data_preprocessor(data, training=False)
         metas = [ds.metainfo for ds in out["data_samples"]]
         return Prepared(out["inputs"], metas, list(image_ids))
+
+    # ------------------------------------------------------------------ streaming
+    # The streaming pass splits __call__ in two: the per-image test pipeline
+    # (host, thread-safe, run by decode workers; its uint8 output is what the
+    # input cache keeps) and the batch step (data preprocessor on the device).
+    # tests/test_stream.py proves the two halves give exactly __call__'s tensors.
+
+    def prepare_one(self, img, image_id: int) -> tuple:
+        """One image through the test pipeline: ``(uint8 CHW numpy array, metainfo dict)``."""
+        packed = self.pipeline(dict(img=img, img_id=image_id, img_path=str(image_id)))
+        return packed["inputs"].numpy(), dict(packed["data_samples"].metainfo)
+
+    def collate(self, inputs, metas: list[dict], image_ids: list[int]) -> Prepared:
+        """The data preprocessor on a stacked ``(N, 3, H, W)`` uint8 tensor (any device) or a list."""
+        from mmdet.structures import DetDataSample
+
+        samples = [DetDataSample(metainfo=m) for m in metas]
+        out = self.data_preprocessor({"inputs": inputs, "data_samples": samples}, training=False)
+        return Prepared(out["inputs"], [ds.metainfo for ds in out["data_samples"]], list(image_ids))
+
+    def pipeline_hash(self) -> str:
+        """Content key of this preprocessing: the test pipeline and data preprocessor settings."""
+        import hashlib
+        import json
+
+        from harness.measure.provenance import package_versions
+
+        versions = {k: v for k, v in package_versions().items() if k in
+                    ("mmcv-lite", "mmcv", "mmdet", "mmyolo", "opencv-python", "numpy")}
+        text = json.dumps([self._steps, self._dp_cfg, versions], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()

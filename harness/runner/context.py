@@ -84,6 +84,23 @@ class CellContext:
 
         return Preprocessor(self.cfg, device)
 
+    def input_cache(self, pre):
+        """The preprocessed-input cache entry of this dataset, preprocessing and size (None: off).
+
+        ``DETBENCH_INPUT_CACHE=0`` turns it off (every cell decodes its images).
+        """
+        import os
+
+        if os.environ.get("DETBENCH_INPUT_CACHE", "1") == "0":
+            return None
+        from harness.data.input_cache import InputCache, cache_key, dataset_hash
+
+        ds = self.dataset
+        data = dataset_hash(ds.ann_file, [im.path for im in ds.images],
+                            memo_dir=self.cache_dir / "inputs")
+        key = cache_key(data, pre.pipeline_hash(), self.cell["imgsz"])
+        return InputCache(self.cache_dir, key)
+
     def mm_test_cfg(self, base) -> "object":
         """The model's test_cfg with the matrix's eval settings applied (None keeps the config's)."""
         cfg = copy.deepcopy(base)

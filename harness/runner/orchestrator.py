@@ -203,7 +203,7 @@ def _collect(work_dir: Path, code: int, timed_out: bool, params: dict) -> dict:
 def _store_fields(r: dict) -> dict:
     keys = ("status", "stage", "error", "log_tail", "duration_s", "metrics", "latency",
             "latency_e2e", "telemetry", "provenance", "artifacts", "warnings", "samples",
-            "class_ap", "telemetry_samples")
+            "class_ap", "telemetry_samples", "stage_times")
     return {k: r.get(k) for k in keys}
 
 

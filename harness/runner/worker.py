@@ -26,15 +26,30 @@ _CURRENT_KEY = ""
 
 
 class Stages:
+    """The current stage (file ``stage`` for the orchestrator) and wall seconds spent per stage."""
+
     def __init__(self, work_dir: Path):
         self.path = work_dir / "stage"
         self.current = None
+        self.times: dict[str, float] = {}
+        self._since = time.perf_counter()
 
     def enter(self, name: str) -> None:
+        self._close()
         self.current = name
         self.path.write_text(name)
         print(f"[detbench] stage {name}", flush=True)
         _inject_fault(name)
+
+    def _close(self) -> None:
+        now = time.perf_counter()
+        if self.current is not None:
+            self.times[self.current] = self.times.get(self.current, 0.0) + now - self._since
+        self._since = now
+
+    def summary(self) -> dict:
+        self._close()
+        return {k: round(v, 4) for k, v in self.times.items()}
 
 
 def _inject_fault(stage: str) -> None:
@@ -63,6 +78,12 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
 
     cell = ctx.cell
     stages.enter("load")
+    t0 = time.perf_counter()
+    import torch  # noqa: F401 - every runner needs it; timed apart from the rest of the load
+
+    t1 = time.perf_counter()
+    ctx.cfg  # mm* imports, module registration, the model config
+    t2 = time.perf_counter()
     dataset = ctx.dataset
     runner = BACKENDS[cell["backend"]].load_runner_class()(cell, ctx)
     try:
@@ -72,33 +93,37 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
         return {"status": "skipped", "stage": stages.current, "error": str(exc),
                 "provenance": {**info.facts, "eval": ctx.effective_eval()},
                 "artifacts": info.artifacts, "warnings": ctx.notes + info.warnings}
+    load_breakdown = {"import_torch_s": round(t1 - t0, 3), "mm_imports_config_s": round(t2 - t1, 3),
+                      "runner_load_s": round(time.perf_counter() - t2, 3)}
     try:
         pre = ctx.preprocessor(cell["device"])
-        images = [dataset.read(im) for im in dataset.images]
-        ids = [im.id for im in dataset.images]
         stages.enter("infer")
-        detections, dropped = _infer_all(runner, pre, images, ids, ctx)
-        decoded = _capture_decoded(runner, pre, images, ids, ctx)
+        detections, dropped, decoded, stream_stats = _infer_stream(runner, pre, ctx)
+        ids = [im.id for im in dataset.images]
         stages.enter("eval")
         from harness.evaluate.coco_eval import evaluate
 
         det_path = ctx.work_dir / "detections.json"
         det_path.write_text(json.dumps(detections))
-        coco = evaluate(dataset.ann_file, detections, ids)
+        coco = evaluate(dataset.ann_file, detections, ids,
+                        evaluator=cell.get("eval", {}).get("evaluator") or "pycocotools")
         stages.enter("measure")
         from harness.measure.measure_cell import measure
 
-        timing = measure(runner, pre, images, ids, cell)
+        first = dataset.images[:cell["batch"]]
+        timing = measure(runner, pre, [dataset.read(im) for im in first], [im.id for im in first], cell)
         result = {
             "status": "ok", "metrics": {**coco["stats"], "detections": len(detections),
                                         "dropped_labels": dropped},
             "class_ap": coco["per_class"], **timing,
             "artifacts": {"detections": str(det_path), **decoded, **runner.info.artifacts},
             "provenance": {**provenance.device_environment(cell["device"]), **runner.info.facts,
-                           "eval": ctx.effective_eval(), "config": str(ctx.config_path),
+                           "eval": {**ctx.effective_eval(), "evaluator": coco["evaluator"]},
+                           "config": str(ctx.config_path),
                            "config_hash": provenance.file_hash(ctx.config_path),
                            "checkpoint_hash": _checkpoint_hash(ctx),
-                           "annotations_hash": provenance.file_hash(dataset.ann_file)},
+                           "annotations_hash": provenance.file_hash(dataset.ann_file),
+                           "input_stream": stream_stats, "load_breakdown": load_breakdown},
             "warnings": ctx.notes + runner.info.warnings + timing.pop("warnings", []),
         }
         if dropped:
@@ -107,6 +132,48 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
         return result
     finally:
         runner.close()
+
+
+def _infer_stream(runner, pre, ctx):
+    """The accuracy pass: stream batches, infer, collect COCO detections and the alignment tensors.
+
+    Images are decoded and preprocessed by workers ahead of the device (or read
+    from the preprocessed-input cache); only a few batches are ever in memory.
+    """
+    from harness.evaluate.coco_eval import to_coco_detections
+    from harness.models.stream import BatchStream
+
+    cell = ctx.cell
+    cats = ctx.dataset.category_ids
+    stream = BatchStream(ctx.dataset, pre, cell["batch"], cell["device"], cache=ctx.input_cache(pre))
+    keep = min(int(cell.get("alignment", {}).get("images", 0)), len(ctx.dataset.images))
+    out, dropped, seen = [], 0, 0
+    boxes, scores, metas, capture = [], [], [], keep > 0
+    infer_s = convert_s = 0.0
+    for prepared in stream:
+        if capture and seen < keep:
+            dec = runner.decoded(prepared)
+            if dec is None:
+                capture = False
+            else:
+                take = min(keep - seen, len(prepared.image_ids))
+                boxes.append(dec[0][:take])
+                scores.append(dec[1][:take])
+                metas.extend(_plain_meta(m) for m in prepared.metas[:take])
+        t0 = time.perf_counter()
+        dets = runner.infer(prepared)  # model + postprocessing, results on the host
+        t1 = time.perf_counter()
+        for image_id, d in zip(prepared.image_ids, dets):
+            entries, n = to_coco_detections(image_id, d.boxes, d.scores, d.labels, cats)
+            out.extend(entries)
+            dropped += n
+        infer_s += t1 - t0
+        convert_s += time.perf_counter() - t1
+        seen += len(prepared.image_ids)
+    stats = {k: (round(v, 4) if isinstance(v, float) else v)
+             for k, v in {**stream.stats, "model_post_s": infer_s, "to_coco_s": convert_s}.items()}
+    decoded = _save_decoded(ctx, boxes, scores, metas) if capture and boxes else {}
+    return out, dropped, decoded, stats
 
 
 def _checkpoint_hash(ctx: CellContext) -> str:
@@ -118,7 +185,7 @@ def _checkpoint_hash(ctx: CellContext) -> str:
     return "random" if ckpt == "random" else file_hash(ckpt)
 
 
-def _capture_decoded(runner, pre, images, ids, ctx) -> dict:
+def _save_decoded(ctx, boxes, scores, metas) -> dict:
     """Keep decoded pre-NMS tensors and image geometry of the first images, for alignment.
 
     Files: ``decoded.npz`` (image_ids (K,), boxes (K, A, 4) in input pixels,
@@ -127,21 +194,9 @@ def _capture_decoded(runner, pre, images, ids, ctx) -> dict:
     """
     import numpy as np
 
-    k = min(int(ctx.cell.get("alignment", {}).get("images", 0)), len(images))
-    if k == 0:
-        return {}
-    batch = ctx.cell["batch"]
-    boxes, scores, metas = [], [], []
-    for start in range(0, k, batch):
-        prepared = pre(images[start:min(start + batch, k)], ids[start:min(start + batch, k)])
-        out = runner.decoded(prepared)
-        if out is None:
-            return {}
-        boxes.append(out[0])
-        scores.append(out[1])
-        metas.extend(_plain_meta(m) for m in prepared.metas)
     path = ctx.work_dir / "decoded.npz"
-    np.savez(path, image_ids=np.asarray(ids[:k]), boxes=np.concatenate(boxes), scores=np.concatenate(scores))
+    ids = [m["img_id"] for m in metas]
+    np.savez(path, image_ids=np.asarray(ids), boxes=np.concatenate(boxes), scores=np.concatenate(scores))
     (ctx.work_dir / "decoded_metas.json").write_text(json.dumps(metas))
     return {"decoded": str(path), "decoded_metas": str(ctx.work_dir / "decoded_metas.json")}
 
@@ -149,22 +204,6 @@ def _capture_decoded(runner, pre, images, ids, ctx) -> dict:
 def _plain_meta(meta: dict) -> dict:
     keys = ("img_id", "ori_shape", "img_shape", "scale_factor", "pad_param")
     return {k: (meta[k].tolist() if hasattr(meta[k], "tolist") else meta[k]) for k in keys if k in meta}
-
-
-def _infer_all(runner, pre, images, ids, ctx):
-    from harness.evaluate.coco_eval import to_coco_detections
-
-    batch = ctx.cell["batch"]
-    cats = ctx.dataset.category_ids
-    out, dropped = [], 0
-    for start in range(0, len(images), batch):
-        chunk_imgs, chunk_ids = images[start:start + batch], ids[start:start + batch]
-        dets = runner.infer(pre(chunk_imgs, chunk_ids))
-        for image_id, d in zip(chunk_ids, dets):
-            entries, n = to_coco_detections(image_id, d.boxes, d.scores, d.labels, cats)
-            out.extend(entries)
-            dropped += n
-    return out, dropped
 
 
 def _die_with_parent() -> None:
@@ -187,6 +226,7 @@ def _die_with_parent() -> None:
 
 
 def main(argv: list[str]) -> int:
+    startup = _process_age_s()  # interpreter start + imports up to here
     _die_with_parent()
     work_dir = Path(argv[0])
     cell = json.loads((work_dir / "cell.json").read_text())
@@ -208,8 +248,32 @@ def main(argv: list[str]) -> int:
     if healed:
         result["warnings"] = list(result.get("warnings") or []) + healed
     result["duration_s"] = time.time() - started
+    result["stage_times"] = {**({"startup": startup} if startup is not None else {}),
+                             **stages.summary()}
+    rss = _peak_rss_mb()
+    if rss is not None and result.get("status") == "ok":
+        result["telemetry"] = {**(result.get("telemetry") or {}), "worker_peak_rss_mb": rss}
     (work_dir / "result.json").write_text(json.dumps(result, default=_json_default))
     return 0
+
+
+def _peak_rss_mb():
+    """The worker process's peak resident memory (MiB), or None where ``resource`` is missing."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _process_age_s():
+    """Seconds since this process started (Linux /proc), or None."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 3)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _json_default(obj):

@@ -205,19 +205,22 @@ class Store:
                       warnings: list[str] | None = None,
                       samples: dict[str, list[float]] | None = None,
                       class_ap: list[dict[str, Any]] | None = None,
-                      telemetry_samples: list[dict[str, Any]] | None = None) -> None:
+                      telemetry_samples: list[dict[str, Any]] | None = None,
+                      stage_times: dict[str, Any] | None = None) -> None:
         """Store one attempt's outcome, replacing whatever an earlier attempt stored.
 
         ``samples`` maps a series (``model``/``e2e``) to per-iteration milliseconds;
         ``class_ap`` rows have class_name, ap, ap50; ``telemetry_samples`` rows have
-        the keys of :data:`TELEMETRY_FIELDS`.  The scalar columns (ap, ap50,
+        the keys of :data:`TELEMETRY_FIELDS`; ``stage_times`` maps a worker stage
+        (startup, load, export, build, infer, eval, measure) to wall seconds.  The scalar columns (ap, ap50,
         latency_median_ms, latency_p99_ms, throughput_ips) are copied from
         ``metrics``/``latency`` by the keys in :data:`cells.SCALAR_SOURCES`.
         """
         result = dict(stage=stage, error=error, log_tail=log_tail,
                       duration_s=cellops.finite(duration_s), metrics=metrics, latency=latency,
                       latency_e2e=latency_e2e, telemetry=telemetry, provenance=provenance,
-                      artifacts=artifacts, warnings=list(warnings) if warnings else warnings)
+                      artifacts=artifacts, warnings=list(warnings) if warnings else warnings,
+                      stage_times=stage_times)
         with self._writing() as session:
             cell = cellops.get(session, cell_id)
             cellops.delete_samples(session, [cell.id])

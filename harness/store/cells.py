@@ -15,7 +15,7 @@ from harness.store.schema import (FINAL_CELL_STATUSES, SERIES, TELEMETRY_FIELDS,
 RESULT_FIELDS = ("stage", "error", "log_tail", "started_at", "finished_at", "duration_s",
                  "metrics", "latency", "latency_e2e", "telemetry", "provenance", "artifacts",
                  "warnings", "ap", "ap50", "latency_median_ms", "latency_p99_ms",
-                 "throughput_ips", "alignment")
+                 "throughput_ips", "alignment", "stage_times")
 
 #: scalar column -> (result dict it is copied from, keys tried in order).  The aliases
 #: accept mmdet's CocoMetric names as well as the harness's own short ones.

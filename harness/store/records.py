@@ -71,6 +71,7 @@ class CellRecord:
     latency_median_ms: float | None
     latency_p99_ms: float | None
     throughput_ips: float | None
+    stage_times: dict[str, Any] | None = None  # wall seconds per worker stage (startup, load, ...)
 
     def to_dict(self) -> dict[str, Any]:
         """The cell as a JSON-safe dict, the shape of ``detbench ... --json`` output.
@@ -80,7 +81,7 @@ class CellRecord:
         precision, batch, imgsz, device, nms, params, status, stage, error, log_tail,
         started_at, finished_at, duration_s, metrics, latency, latency_e2e, telemetry,
         provenance, artifacts, warnings, ap, ap50, latency_median_ms, latency_p99_ms,
-        throughput_ips.  Datetimes are ISO 8601 strings with a ``+00:00`` offset; the
+        throughput_ips, stage_times.  Datetimes are ISO 8601 strings with a ``+00:00`` offset; the
         dict-valued fields are deep copies holding only JSON types, with NaN/inf
         already turned into ``None`` when they were stored.
         """

@@ -119,6 +119,8 @@ class Cell(Base):
     throughput_ips: Mapped[float | None]
     # the alignment record against the run's PyTorch fp32 reference (harness.runner.compare)
     alignment: Mapped[dict[str, Any] | None]
+    # wall seconds per worker stage: startup, load, export, build, infer, eval, measure (migration 0007)
+    stage_times: Mapped[dict[str, Any] | None]
 
 
 class LatencySample(Base):
