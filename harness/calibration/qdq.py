@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,8 +27,13 @@ SETTINGS = {"quant_format": "QDQ", "activation_type": "QInt8", "weight_type": "Q
 HIST_OPTIONS = {"num_bins": 2048, "num_quantized_bins": 128, "symmetric": True}
 
 
-def quantize_qdq(fp32_onnx: Path, calib, method: str, percentile: float, cache_dir: Path) -> tuple[Path, dict]:
-    """The Q/DQ int8 model for (ONNX, calibration data, method), built once and cached."""
+def quantize_qdq(fp32_onnx: Path, calib, method: str, percentile: float, cache_dir: Path,
+                 exclude: tuple[str, ...] = ()) -> tuple[Path, dict]:
+    """The Q/DQ int8 model for (ONNX, calibration data, method), built once and cached.
+
+    ``exclude``: Conv node names left in float (no Q/DQ around them) — the
+    mixed-precision graph; the tensor ranges are the same calibration cache.
+    """
     import onnxruntime
 
     opts = {"method": method, **({"percentile": percentile} if method == "percentile" else {})}
@@ -35,11 +41,18 @@ def quantize_qdq(fp32_onnx: Path, calib, method: str, percentile: float, cache_d
                                      onnxruntime.__version__]).encode()).hexdigest()[:20]
     folder = Path(cache_dir) / "int8"
     folder.mkdir(parents=True, exist_ok=True)
-    out, ranges = folder / f"{key}.qdq.onnx", folder / f"{key}.calib.json"
+    ranges = folder / f"{key}.calib.json"
     if not ranges.is_file():
         _write_ranges(fp32_onnx, calib, method, percentile, ranges)
+    exclude = tuple(sorted(set(exclude)))
+    if exclude:
+        mixed = hashlib.sha256(json.dumps([key, exclude]).encode()).hexdigest()[:20]
+        out = folder / "mixed" / f"{mixed}.qdq.onnx"
+        out.parent.mkdir(exist_ok=True)
+    else:
+        out = folder / f"{key}.qdq.onnx"
     if not out.is_file():
-        _quantize(fp32_onnx, method, ranges, out)
+        _quantize(fp32_onnx, method, ranges, out, exclude)
     info = {"calibration_method": method, **opts, "calibration_images": calib.images,
             "calibration_source": calib.source, "calibration_data_sha256": calib.sha256,
             "calibration_cache": str(ranges), "calibration_cache_sha256": file_hash(ranges),
@@ -114,13 +127,14 @@ def _runnable_part(fp32_onnx: Path, tmp: Path) -> Path:
     return path
 
 
-def _quantize(fp32_onnx: Path, method: str, ranges: Path, out: Path) -> None:
+def _quantize(fp32_onnx: Path, method: str, ranges: Path, out: Path, exclude: tuple = ()) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    tmp = out.with_suffix(".tmp.onnx")
+    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.onnx")
     quantize_static(str(fp32_onnx), str(tmp), None, quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                     op_types_to_quantize=SETTINGS["op_types_to_quantize"],
                     calibrate_method=_method_enum(method),
-                    extra_options=dict(SETTINGS["extra_options"]), calibration_cache_path=str(ranges))
+                    extra_options=dict(SETTINGS["extra_options"]), calibration_cache_path=str(ranges),
+                    nodes_to_exclude=list(exclude))
     tmp.rename(out)
