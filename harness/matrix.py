@@ -91,7 +91,7 @@ class TimingSpec(_Strict):
 
 class CalibrationSpec(_Strict):
     images: int = Field(default=32, gt=0)
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    method: Literal["minmax", "entropy", "percentile", "mse"] = "minmax"
     percentile: float = Field(default=99.99, gt=0, le=100)
     seed: int = 3
     source: Optional[DatasetSpec] = None

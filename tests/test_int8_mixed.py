@@ -261,3 +261,18 @@ def test_conv_flops_of_the_export_sum_over_groups(mixed_graph):
     stem = flops[mixed_graph.groups["backbone.stem"][0]]
     # yolov8_n stem: 3->16 channels, 3x3, stride 2 at 64 px -> 32x32 outputs
     assert stem == 2 * 16 * 3 * 9 * 32 * 32
+
+
+def test_mse_threshold_clips_a_rare_outlier_but_not_a_uniform_range():
+    import numpy as np
+
+    from harness.calibration.qdq import mse_thresholds
+
+    edges = np.linspace(0, 100, 2049)
+    outlier = np.zeros(2048)
+    outlier[:20] = 100_000  # |x| <= ~1 almost always: their rounding error outweighs clipping one
+    outlier[-1] = 1  # one value near 100
+    uniform = np.full(2048, 10.0)
+    t = mse_thresholds({"outlier": (outlier, edges, 0, 100), "uniform": (uniform, edges, 0, 100)})
+    assert float(t["outlier"][1]) < 5 and float(t["outlier"][0]) == -float(t["outlier"][1])
+    assert float(t["uniform"][1]) > 90

@@ -71,8 +71,39 @@ def scales_hash(ranges_path: Path) -> str:
 def _method_enum(method: str):
     from onnxruntime.quantization import CalibrationMethod
 
+    # mse: detbench picks the thresholds from Percentile's |x| histograms (mse_thresholds) and
+    # hands them to the quantizer as plain ranges
     return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile}[method]
+            "percentile": CalibrationMethod.Percentile, "mse": CalibrationMethod.MinMax}[method]
+
+
+def mse_thresholds(histograms: dict) -> dict:
+    """Per tensor, the symmetric int8 clipping threshold with the least expected squared error.
+
+    ``histograms``: ONNX Runtime's |x| histograms ``{name: (counts, edges, min, max)}``.  Each
+    candidate threshold T (every 8th bin edge) quantizes the bin centres with scale T/127,
+    clipping beyond T; the error is weighted by the bin counts.  ONNX Runtime has no MSE
+    calibrator; this is the method TensorRT's pytorch-quantization toolkit calls ``mse``.
+    """
+    import numpy as np
+
+    out = {}
+    for name, (counts, edges, *_rest) in histograms.items():
+        counts = np.asarray(counts, dtype=np.float64)
+        edges = np.asarray(edges, dtype=np.float64)
+        centres = (edges[:-1] + edges[1:]) / 2
+        candidates = edges[8::8] if len(edges) > 8 else edges[1:]
+        candidates = candidates[candidates > 0]
+        if not len(candidates) or counts.sum() == 0:
+            top = float(edges[-1]) if len(edges) else 0.0
+            out[name] = (np.array(-top, dtype=np.float32), np.array(top, dtype=np.float32))
+            continue
+        scale = candidates[:, None] / 127.0
+        q = np.minimum(np.round(centres[None, :] / scale), 127) * scale
+        err = ((centres[None, :] - q) ** 2 * counts[None, :]).sum(axis=1)
+        t = float(candidates[int(np.argmin(err))])
+        out[name] = (np.array(-t, dtype=np.float32), np.array(t, dtype=np.float32))
+    return out
 
 
 class _Reader:
@@ -90,16 +121,24 @@ class _Reader:
 def _write_ranges(fp32_onnx: Path, calib, method: str, percentile: float, ranges: Path) -> None:
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import TensorsData
+
     extra = {} if method == "minmax" else dict(HIST_OPTIONS)
     if method == "percentile":
         extra["percentile"] = percentile
+    collect = CalibrationMethod.Percentile if method == "mse" else _method_enum(method)
     with tempfile.TemporaryDirectory(prefix="detbench-calib-") as tmp:
         model = _runnable_part(Path(fp32_onnx), Path(tmp))
         calibrator = create_calibrator(model, SETTINGS["op_types_to_quantize"],
                                        augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=_method_enum(method), extra_options=extra)
+                                       calibrate_method=collect, extra_options=extra)
         calibrator.collect_data(_Reader(calib.batches))
-        data = calibrator.compute_data()
+        if method == "mse":
+            data = TensorsData(CalibrationMethod.MinMax,
+                               mse_thresholds(calibrator.collector.get_histogram_dict()))
+        else:
+            data = calibrator.compute_data()
         tmp_ranges = Path(tmp) / "ranges.json"
         save_tensors_data(data, tmp_ranges)
         shutil.move(str(tmp_ranges), ranges)
