@@ -274,5 +274,5 @@ def test_mse_threshold_clips_a_rare_outlier_but_not_a_uniform_range():
     outlier[-1] = 1  # one value near 100
     uniform = np.full(2048, 10.0)
     t = mse_thresholds({"outlier": (outlier, edges, 0, 100), "uniform": (uniform, edges, 0, 100)})
-    assert float(t["outlier"][1]) < 5 and float(t["outlier"][0]) == -float(t["outlier"][1])
+    assert float(t["outlier"][1]) < 20 and float(t["outlier"][0]) == -float(t["outlier"][1])
     assert float(t["uniform"][1]) > 90
