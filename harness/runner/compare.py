@@ -75,7 +75,26 @@ def _record(loader, cell, ref, reason, cells) -> dict:
     match_iou = float(((cell.params or {}).get("alignment") or {}).get("match_iou", 0.5))
     record = analyse(loader.data(ref), loader.data(cell), match_iou, batch)
     layers = int8_layers(cell.provenance or {})
+    if layers:
+        layers["attribution"] += _mix_on_evaluation(cell, ref, cells, layers)
     return {**record, "int8_layers": layers} if layers else record
+
+
+def _mix_on_evaluation(cell, ref, cells, layers) -> list[str]:
+    """On the evaluation split: the share of the plain int8 cell's ΔAP that the mix removes."""
+    mix = layers.get("mixed")
+    axes = ("model", "backend", "batch", "imgsz", "device", "nms")
+    twin = next((c for c in cells if c.precision == "int8" and c.status == "ok" and c.id != cell.id
+                 and all(getattr(c, a) == getattr(cell, a) for a in axes)), None)
+    if not mix or twin is None or not (ref.metrics and twin.metrics and cell.metrics):
+        return []
+    full = twin.metrics["AP"] - ref.metrics["AP"]
+    mixed = cell.metrics["AP"] - ref.metrics["AP"]
+    if full >= 0:
+        return []
+    groups = ", ".join(mix["kept_float_groups"]) or "no group"
+    return [f"evaluation split: keeping {groups} float removes {(mixed - full) / -full:.0%} of the "
+            f"int8 cell's ΔAP ({full:+.4f} -> {mixed:+.4f} vs {ref.key})"]
 
 
 def int8_layers(provenance: dict) -> dict | None:
