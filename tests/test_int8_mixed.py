@@ -276,3 +276,37 @@ def test_mse_threshold_clips_a_rare_outlier_but_not_a_uniform_range():
     t = mse_thresholds({"outlier": (outlier, edges, 0, 100), "uniform": (uniform, edges, 0, 100)})
     assert float(t["outlier"][1]) < 20 and float(t["outlier"][0]) == -float(t["outlier"][1])
     assert float(t["uniform"][1]) > 90
+
+
+def _provenance():
+    table = {"split": "synth seed 5", "images": 64, "method": "minmax", "fp32_ap": 0.59,
+             "int8_ap": 0.58, "int8_delta_ap": -0.01, "int8_output_sqnr_db": 20.0,
+             "rows": [{"group": "backbone.stage2", "convs": 7, "flops_fraction": 0.078, "rank": 1,
+                       "only_delta_ap": -0.003, "leave_out_delta_ap": -0.004, "recovered_ap": 0.006,
+                       "recovered_fraction": 0.6, "conv_sqnr_db": 23.5, "only_output_sqnr_db": 25.8},
+                      {"group": "decode", "convs": 0, "flops_fraction": 0.0, "note": "no Conv"}]}
+    mix = {"ap_budget": 0.003, "met": True, "kept_float_groups": ["backbone.stage2"],
+           "kept_float_nodes": ["a", "b"], "int8_conv_flops_fraction": 0.922,
+           "sensitivity_delta_ap": -0.002, "search": []}
+    return {"int8_sensitivity": table, "int8_mixed": mix}
+
+
+def test_compare_prints_the_ranked_table_and_the_mix(capsys):
+    from harness.runner.compare import int8_layers, print_table
+
+    layers = int8_layers(_provenance())
+    assert layers["mixed"]["kept_float_convs"] == 2 and "kept_float_nodes" not in layers["mixed"]
+    assert layers["attribution"][0].startswith("60% of the int8 ΔAP (-0.0100) disappears when backbone.stage2")
+    record = {"cell": "m/onnxruntime/int8-mixed/b1", "reference": "m/pytorch/fp32/b1", "status": "ok",
+              "int8_layers": layers}
+    print_table("r1", [record])
+    out = capsys.readouterr().out
+    assert "int8 sensitivity per layer group (ranked)" in out and "backbone.stage2" in out
+    assert "budget 0.003 met" in out and "92.2% of conv FLOPs int8" in out
+    assert "no Conv" not in out and "decode" in out  # decode listed, never quantized
+
+
+def test_no_table_for_cells_without_sensitivity():
+    from harness.runner.compare import int8_layers
+
+    assert int8_layers({"calibration_method": "minmax"}) is None
