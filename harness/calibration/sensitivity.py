@@ -15,7 +15,7 @@ cell, run or search reuses it.
 
 The mixed graph is the same TensorRT-compatible Q/DQ graph (``qdq.py``) with
 ``nodes_to_exclude``: the groups kept float are chosen greedily in the order
-of the ranking (the AP each recovers when left out) until ΔAP ≤ budget, then
+of the ranking (AP recovered when left out + AP lost when quantized alone) until ΔAP ≤ budget, then
 pruned (a kept group whose removal still meets the budget goes back to int8).
 """
 from __future__ import annotations
@@ -359,14 +359,17 @@ def analyse(ev: Evaluator, groups: dict[str, list[str]], flops: dict[str, float]
         only = ev.evaluate(all_convs - frozenset(nodes))
         left_out = ev.evaluate(frozenset(nodes))
         recovered = left_out["ap"] - full["ap"]
-        row.update({"only_delta_ap": only["ap"] - fp32, "leave_out_delta_ap": left_out["ap"] - fp32,
-                    "recovered_ap": recovered,
+        only_dap = only["ap"] - fp32
+        row.update({"only_delta_ap": only_dap, "leave_out_delta_ap": left_out["ap"] - fp32,
+                    "recovered_ap": recovered, "score": recovered - only_dap,
                     "recovered_fraction": (recovered / loss) if loss > 0 else None,
                     "only_output_sqnr_db": _min_finite(only.get("boxes_sqnr_db"), only.get("scores_sqnr_db")),
                     "conv_sqnr_db": sqnr.get(group)})
         rows.append(row)
-    ranked = sorted((r for r in rows if r["convs"]),
-                    key=lambda r: (-r["recovered_ap"], r["only_delta_ap"], r["flops_fraction"]))
+    # rank by both views of a group's cost: the AP its float copy recovers in the int8 graph
+    # (leave-this-out) plus the AP it loses quantized alone (quantize-only-this); either alone is
+    # noisy on a small split, and a group masked by the others' error shows up in the second
+    ranked = sorted((r for r in rows if r["convs"]), key=lambda r: (-r["score"], r["flops_fraction"]))
     for rank, row in enumerate(ranked, 1):
         row["rank"] = rank
     rows = ranked + [r for r in rows if not r["convs"]]
@@ -404,7 +407,7 @@ def search_mix(ev: Evaluator, table: dict, groups: dict[str, list[str]], flops: 
     kept: list[str] = []
     ap = try_mix(kept, "all int8")
     best = (ap, list(kept))
-    order = [r["group"] for r in table["rows"] if r["convs"] and r["recovered_ap"] > 0]
+    order = [r["group"] for r in table["rows"] if r["convs"] and r.get("score", r["recovered_ap"]) > 0]
     for group in order:
         if ap >= target:
             break
