@@ -71,6 +71,11 @@ def main(argv=None) -> int:
                          "boxes_sqnr_db": result.get("boxes_sqnr_db"), "scales_sha256": info["scales_sha256"],
                          "seconds": round(time.time() - t0, 1)})
             print(json.dumps(rows[-1]), flush=True)
+            _write(args, split, fp32_ap, rows)  # after every row: a long study keeps what it measured
+    return 0
+
+
+def _write(args, split, fp32_ap, rows) -> None:
     same = {}
     for r in rows:
         same.setdefault((r["calibration_images"], r["scales_sha256"]), []).append(r["method"])
@@ -92,8 +97,6 @@ def main(argv=None) -> int:
     if out["identical_scales"]:
         lines += ["", f"Methods with identical scales (same size): {out['identical_scales']}"]
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":
