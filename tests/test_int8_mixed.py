@@ -310,3 +310,38 @@ def test_no_table_for_cells_without_sensitivity():
     from harness.runner.compare import int8_layers
 
     assert int8_layers({"calibration_method": "minmax"}) is None
+
+
+@needs_stack
+@pytest.mark.slow
+def test_onnxruntime_int8_mixed_cell_end_to_end(tmp_path):
+    """The runner path on the trained fixture (160 px, tiny splits): ranked table, mix, one graph."""
+    from harness import matrix as mx
+    from harness.backends.onnxruntime import OnnxRuntimeRunner
+    from harness.data.datasets import resolve_dataset
+    from harness.runner.context import CellContext
+
+    from conftest import ROOT
+
+    fixture = ROOT / "fixtures/yolov8_synth"
+    m = mx.parse({"models": [{"name": "fx", "config": str(fixture / "config.py"),
+                              "checkpoint": str(fixture / "yolov8_synth.pth")}],
+                  "backends": ["onnxruntime"], "precisions": ["int8-mixed"], "image_sizes": [160],
+                  "dataset": {"synth": {"images": 4, "seed": 2, "size": 160}},
+                  "calibration": {"images": 4, "seed": 3, "sensitivity_images": 8, "sensitivity_seed": 5,
+                                  "ap_budget": 0.0, "min_int8_flops": 0.0}})
+    cell = {**mx.expand(m)[0], "dataset": resolve_dataset(m.dataset, tmp_path)}
+    runner = OnnxRuntimeRunner(cell, CellContext(cell, tmp_path, tmp_path))
+    runner.load()
+    facts = runner.info.facts
+    table, mix = facts["int8_sensitivity"], facts["int8_mixed"]
+    groups = [r["group"] for r in table["rows"]]
+    assert {"backbone.stem", "neck.top_down_layers", "head.cls_preds.pred", "decode"} <= set(groups)
+    assert [r["rank"] for r in table["rows"] if r["convs"]] == list(range(1, len(groups)))
+    assert table["images"] == 8 and "synth seed 5" in table["split"]
+    assert mix["met"] == (mix["sensitivity_delta_ap"] >= -0.0)
+    fed = _dq_fed(facts["model_file"])
+    assert {n for n, q in fed.items() if not q} == set(mix["kept_float_nodes"])
+    if not mix["met"]:
+        assert any("kept the best mix found" in w for w in runner.info.warnings)
+    runner.close()
