@@ -57,6 +57,11 @@ def main(argv=None) -> int:
                "target": f"ΔAP >= {TARGET_DAP} with >= {TARGET_FLOPS:.0%} of conv FLOPs int8",
                "met": dap >= TARGET_DAP and mix["int8_conv_flops_fraction"] >= TARGET_FLOPS}
     layers = int8_layers(mixed.provenance)
+    full = cells["int8/onnxruntime"].metrics["AP"] - ort32
+    if full < 0:
+        layers["attribution"].append(
+            f"evaluation split: keeping {', '.join(mix['kept_float_groups'])} float removes "
+            f"{(dap - full) / -full:.0%} of the int8 cell's ΔAP ({full:+.4f} -> {dap:+.4f} vs ONNX Runtime fp32)")
     result = {"benchmark": "int8-mixed on the fixture", "date": datetime.now(timezone.utc).isoformat(),
               "host": platform.node(), "device": "CPU only (no GPU), ONNX Runtime CPU EP",
               "run_id": run.id, "matrix": "matrices/int8_mixed.yaml", "verdict": verdict,

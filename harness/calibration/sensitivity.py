@@ -446,9 +446,8 @@ def attribution_lines(table: dict, limit: int = 3) -> list[str]:
     if loss <= 0:
         return [f"int8 costs no AP on the sensitivity split ({table['images']} images)"]
     lines = []
-    for row in table["rows"][:limit]:
-        if not row.get("convs") or row.get("recovered_fraction") is None:
-            continue
+    rows = [r for r in table["rows"] if r.get("convs") and r.get("recovered_fraction") is not None]
+    for row in sorted(rows, key=lambda r: -r["recovered_fraction"])[:limit]:
         lines.append(f"{row['recovered_fraction']:.0%} of the int8 ΔAP ({-loss:+.4f}) disappears when "
                      f"{row['group']} stays float ({row['flops_fraction']:.1%} of conv FLOPs; "
                      f"sensitivity split, {table['images']} images)")
