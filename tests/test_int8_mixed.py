@@ -345,3 +345,26 @@ def test_onnxruntime_int8_mixed_cell_end_to_end(tmp_path):
     if not mix["met"]:
         assert any("kept the best mix found" in w for w in runner.info.warnings)
     runner.close()
+
+
+@pytest.mark.skipif(not (has_module("streamlit") and has_module("plotly")), reason="needs the dashboard extra")
+def test_dashboard_alignment_page_shows_the_int8_table(tmp_path, monkeypatch):
+    """The committed benchmark store (benchmarks/results/int8_mixed.db) on the alignment page."""
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+
+    db = tmp_path / "int8.db"
+    shutil.copy(ROOT / "benchmarks/results/int8_mixed.db", db)
+    monkeypatch.setenv("DETBENCH_DB", f"sqlite:///{db}")
+    at = AppTest.from_file(str(ROOT / "dashboard/app.py"), default_timeout=60)
+    at.query_params["cell"] = "yolov8_synth/onnxruntime/int8-mixed/b1/s320/cpu/nms-none"
+    at.run()
+    at.switch_page("views/alignment.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "int8 sensitivity per layer group" in [s.value for s in at.subheader]
+    text = "\n".join(str(e.value) for kind in ("markdown", "caption") for e in at.get(kind))
+    assert "80.1% of conv FLOPs int8" in text and "disappears when backbone.stage2 stays float" in text
+    assert any("group" in df.value and "backbone.stage2" in df.value["group"].tolist() for df in at.dataframe)
