@@ -368,3 +368,26 @@ def test_dashboard_alignment_page_shows_the_int8_table(tmp_path, monkeypatch):
     text = "\n".join(str(e.value) for kind in ("markdown", "caption") for e in at.get(kind))
     assert "80.1% of conv FLOPs int8" in text and "disappears when backbone.stage2 stays float" in text
     assert any("group" in df.value and "backbone.stage2" in df.value["group"].tolist() for df in at.dataframe)
+
+
+@needs_stack
+@needs_rtx
+@pytest.mark.slow
+def test_tensorrt_runner_builds_an_int8_mixed_cell(tmp_path):
+    """The TensorRT runner's int8-mixed path: sensitivity, mix, one Q/DQ graph, RTX engine."""
+    from harness import matrix as mx
+    from harness.backends.tensorrt import TensorRTRunner
+    from harness.data.datasets import resolve_dataset
+    from harness.runner.context import CellContext
+
+    m = mx.parse({"models": [{"name": "yolov8_n", "checkpoint": "random"}], "backends": ["tensorrt"],
+                  "precisions": ["int8-mixed"], "image_sizes": [64], "devices": ["cuda"],
+                  "dataset": {"synth": {"images": 2, "seed": 2, "size": 96}},
+                  "calibration": {"images": 2, "seed": 3, "sensitivity_images": 8}})
+    cell = {**mx.expand(m)[0], "dataset": resolve_dataset(m.dataset, tmp_path)}
+    assert cell["skip_reason"] is None
+    runner = TensorRTRunner(cell, CellContext(cell, tmp_path, tmp_path))
+    runner.build()
+    facts = runner.info.facts
+    assert "int8_mixed" in facts and facts["int8_sensitivity"]["rows"]
+    assert facts["engine"]["engine_size"] > 0 and facts["engine"]["typing"] == "strong"
