@@ -349,24 +349,34 @@ def test_onnxruntime_int8_mixed_cell_end_to_end(tmp_path):
 
 @pytest.mark.skipif(not (has_module("streamlit") and has_module("plotly")), reason="needs the dashboard extra")
 def test_dashboard_alignment_page_shows_the_int8_table(tmp_path, monkeypatch):
-    """The committed benchmark store (benchmarks/results/int8_mixed.db) on the alignment page."""
-    import shutil
-
+    """A stored int8-mixed cell with its alignment record, on the dashboard's alignment page."""
     from streamlit.testing.v1 import AppTest
 
     from conftest import ROOT
+    from harness.runner.compare import int8_layers
+    from harness.store import Store
 
-    db = tmp_path / "int8.db"
-    shutil.copy(ROOT / "benchmarks/results/int8_mixed.db", db)
-    monkeypatch.setenv("DETBENCH_DB", f"sqlite:///{db}")
+    url = f"sqlite:///{tmp_path / 'int8.db'}"
+    key = "m/onnxruntime/int8-mixed/b1/s320/cpu/nms-none"
+    axes = {"model": "m", "backend": "onnxruntime", "precision": "int8-mixed", "batch": 1, "imgsz": 320,
+            "device": "cpu", "nms": "none"}
+    with Store(url) as store:
+        run_id = store.create_run(name="int8", matrix_path=None, matrix_hash="0", matrix_yaml="",
+                                  git_sha=None, detbench_version="0", environment={},
+                                  cells=[{"key": key, "position": 0, **axes, "params": {}}])
+        cell = store.cells(run_id)[0]
+        store.record_result(cell.id, status="ok", metrics={"AP": 0.6067}, provenance=_provenance())
+        store.record_alignment(cell.id, {"cell": key, "reference": "m/pytorch/fp32/b1/s320/cpu/nms-none",
+                                         "status": "ok", "missing": 3, "extra": 2,
+                                         "int8_layers": int8_layers(_provenance())})
+    monkeypatch.setenv("DETBENCH_DB", url)
     at = AppTest.from_file(str(ROOT / "dashboard/app.py"), default_timeout=60)
-    at.query_params["cell"] = "yolov8_synth/onnxruntime/int8-mixed/b1/s320/cpu/nms-none"
     at.run()
     at.switch_page("views/alignment.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert "int8 sensitivity per layer group" in [s.value for s in at.subheader]
     text = "\n".join(str(e.value) for kind in ("markdown", "caption") for e in at.get(kind))
-    assert "80.1% of conv FLOPs int8" in text and "disappears when backbone.stage2 stays float" in text
+    assert "92.2% of conv FLOPs int8" in text and "disappears when backbone.stage2 stays float" in text
     assert any("group" in df.value and "backbone.stage2" in df.value["group"].tolist() for df in at.dataframe)
 
 
