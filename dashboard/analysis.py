@@ -23,6 +23,8 @@ METRICS = {
     "ms_per_image": "median latency per image (ms)",
     "throughput_ips": "throughput (images/s)",
     "e2e_median_ms": "end-to-end median (ms / batch)",
+    "speedup": "speed-up vs PyTorch fp32 (×)",
+    "dAP": "ΔAP vs PyTorch fp32",
 }
 LOWER_IS_BETTER = {"median_ms", "p99_ms", "ms_per_image", "e2e_median_ms"}
 #: short, URL-friendly names of those columns, as the pages' pickers show them
@@ -56,17 +58,27 @@ def row_label(model: str, backend: str, precision: str, extra: Sequence[str] = (
     return " · ".join([model, backend, precision, *extra])
 
 
-def cells_frame(cells) -> pd.DataFrame:
-    """One row per cell: identity, status, stage, error and :func:`cell_values`.
+DELTA_COLUMNS = ("speedup", "dAP", "dAP_pct", "reference")
+
+
+def cells_frame(cells, run_cells=None) -> pd.DataFrame:
+    """One row per cell: identity, status, stage, error, :func:`cell_values` and, against the
+    PyTorch fp32 reference of the same model · size · device · batch found in ``run_cells``
+    (default ``cells``: pass the whole run so a filter cannot remove the baseline),
+    ``speedup``, ``dAP``, ``dAP_pct`` and ``reference`` (:func:`harness.report.deltas`).
 
     ``row`` (model · backend · precision, plus device/nms when those vary) and ``col``
     (``b{batch} · {imgsz}px``) label the overview heatmap; ``config`` is backend · precision.
     """
+    from harness.report import deltas, reference_of
+
+    pool = list(cells if run_cells is None else run_cells)
     records = [{"id": c.id, "key": c.key, **{k: getattr(c, k) for k in IDENTITY},
-                "status": c.status, "stage": c.stage, "error": c.error, **cell_values(c)}
+                "status": c.status, "stage": c.stage, "error": c.error, **cell_values(c),
+                **deltas(c, reference_of(c, pool))}
                for c in cells]
     columns = ["id", "key", *IDENTITY, "status", "stage", "error",
-               *cell_values({"batch": 1}).keys()]
+               *cell_values({"batch": 1}).keys(), *DELTA_COLUMNS]
     frame = pd.DataFrame.from_records(records, columns=columns)
     vary = [k for k in ("device", "nms") if frame[k].nunique() > 1]
     frame["row"] = [row_label(r.model, r.backend, r.precision, [str(getattr(r, k)) for k in vary])
@@ -163,3 +175,50 @@ def _short(value: Any) -> str:
 def _finite(value: Any) -> bool:
     return (isinstance(value, numbers.Real) and not isinstance(value, bool)
             and math.isfinite(value))
+
+
+CAUSE_WORDS = {"pre_topk": "pre-NMS top-k truncation", "score_thr": "the score threshold boundary",
+               "keep_topk": "keep-top-k truncation", "nms": "the NMS implementation or IoU threshold",
+               "numeric": "numeric drift of the model's outputs", "other": "unexplained ('other')"}
+
+
+def alignment_summary(data: dict) -> dict:
+    """The stored alignment record in plain words: ``headline`` (Markdown), ``warnings``
+    (replayed-image shortfall, lints) and ``notes`` (the analysis' own notes)."""
+    def n(key):
+        v = data.get(key)
+        return v if isinstance(v, (int, float)) else None
+
+    cell, ref = data.get("cell") or "this cell", data.get("reference") or "the reference"
+    parts = [f"**{cell}** against **{ref}**:"]
+    if n("ap_delta") is not None:
+        pct = f" ({100 * n('ap_delta') / n('ap_ref'):+.2f} %)" if n("ap_ref") else ""
+        parts.append(f"ΔAP **{n('ap_delta'):+.4f}**{pct}.")
+    if n("reference_detections") is not None:
+        matched = n("matched_pct")
+        parts.append(f"{matched:.1f} % of the reference's {n('reference_detections'):,} detections "
+                     "matched" if matched is not None else
+                     f"{n('matched') or 0:,} of {n('reference_detections'):,} detections matched")
+        parts[-1] += (f"; {n('missing') or 0:,} missing, {n('extra') or 0:,} extra, "
+                      f"{n('class_flips') or 0:,} class flips.")
+    counts = data.get("attribution") if isinstance(data.get("attribution"), dict) else {}
+    total = sum(v for v in counts.values() if isinstance(v, (int, float)))
+    dominant = data.get("dominant_cause") or (max(counts, key=counts.get) if total else None)
+    if dominant and total:
+        parts.append(f"Most differences come from {CAUSE_WORDS.get(dominant, dominant)}: "
+                     f"{counts.get(dominant, 0):,} of {total:,}.")
+    elif total == 0 and n("missing") == 0 and n("extra") == 0:
+        parts.append("No differences.")
+    warnings = []
+    images, replayed = n("images"), n("images_replayed")
+    if images is not None and replayed is not None and replayed < images:
+        warnings.append(
+            f"Only **{replayed} of {images} images were replayed** (decoded tensors are kept for "
+            f"the first `alignment.images` images): differences on the other {images - replayed} "
+            "images can be attributed only where obvious and otherwise count as 'other'. Raise "
+            "`alignment.images` in the matrix to attribute all of them.")
+    for lint in data.get("lint") or []:
+        if isinstance(lint, dict) and lint.get("message"):
+            warnings.append(f"`{lint.get('code', 'lint')}`: {lint['message']}")
+    notes = [str(x) for x in data.get("notes") or []]
+    return {"headline": " ".join(parts), "warnings": warnings, "notes": notes}

@@ -10,11 +10,13 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
+from harness import report
 from harness.errors import UserError
 from harness.store import CellRecord, RunRecord, Store
 from harness.store.engine import database_exists
@@ -28,6 +30,9 @@ FIRST_RUN = "detbench run matrices/demo.yaml"
 LATEST = "latest"
 _STATE = "detbench_context"
 TTL_S = 5
+#: a ``running`` run with no cell activity for this long is flagged as stale (its process
+#: probably died; ``detbench run --resume`` finishes it)
+STALE_S = 3600
 
 
 def db_url(argv: list[str] | None = None) -> str:
@@ -88,6 +93,8 @@ class Context:
     frame: pd.DataFrame  # cells_frame(selected)
     filters: dict[str, list]
 
+    missing_run: str | None = None  # a run id from the URL that the store does not have
+
     @property
     def run_label(self) -> str:
         return run_label(self.run)
@@ -95,6 +102,28 @@ class Context:
 
 def run_label(run: RunRecord) -> str:
     return f"{run.name} · {run.created_at:%Y-%m-%d %H:%M} · {run.id}"
+
+
+def default_run(runs: list[RunRecord]) -> RunRecord:
+    """What "latest" means: the newest finished run, else the newest run."""
+    return next((r for r in runs if r.status == "finished"), runs[0])
+
+
+def stale_for(run: RunRecord, cells: list[CellRecord], now: datetime | None = None) -> float | None:
+    """Seconds since the last sign of life of a ``running`` run when that exceeds
+    :data:`STALE_S` (and every cell's timeout), else None."""
+    if run.status != "running":
+        return None
+    now = now or datetime.now(timezone.utc)
+    times = [run.created_at, *(t for c in cells for t in (c.started_at, c.finished_at) if t)]
+    idle = (now - max(times)).total_seconds()
+    timeout = max([float((c.params or {}).get("timeout_s") or 0) for c in cells] or [0.0])
+    return idle if idle > max(STALE_S, 2 * timeout) else None
+
+
+def _ago(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{hours / 24:.0f} days" if hours >= 48 else f"{hours:.1f} h"
 
 
 @dataclass(frozen=True)
@@ -134,13 +163,30 @@ def sidebar(url: str, store: Store) -> Context:
     by_id = {r.id: r for r in runs}
     bar = st.sidebar
     bar.markdown("### Filters")
+    asked = st.query_params.get("run")
+    missing = asked if asked and asked != LATEST and asked not in by_id else None
+    if missing:  # a shared link to a run this store doesn't have: say so, show the default
+        st.session_state.pop("run", None)
+        del st.query_params["run"]
     # no format_func on URL-bound widgets: the URL holds the displayed option text
     run_id = bar.selectbox("Run", [LATEST, *by_id], key="run", bind="query-params",
-                           help="newest first. Every choice is kept in the URL, so a view can be "
-                                "shared; pick a run id to pin it (else: whichever is latest)")
-    run = runs[0] if run_id == LATEST else by_id[run_id]
-    bar.caption(f"**{run.name}** · {run.created_at:%Y-%m-%d %H:%M} UTC · {run.status}")
+                           help="newest first; 'latest' is the newest finished run. Every choice "
+                                "is kept in the URL, so a view can be shared; pick a run id to pin "
+                                "it. The runs table on Overview lists GPU and caveats of each run.")
+    run = default_run(runs) if run_id == LATEST else by_id[run_id]
+    if missing:
+        bar.warning(f"Run `{missing}` from the link is not in this store; showing "
+                    f"{'the latest finished run' if run.status == 'finished' else 'the latest run'}.")
     cells = load_cells(url, run.id)
+    hw = report.hardware(run, cells)
+    flags = [f"⚠ random weights ({len(rnd)})" for rnd in [report.random_weights(cells)] if rnd]
+    flags += [f"⚠ {len(u)} unstable" for u in [report.unstable(cells)] if u]
+    bar.caption(f"**{run.name}** · {run.created_at:%Y-%m-%d %H:%M} UTC · {run.status}  \n"
+                f"{hw['gpu'] or 'CPU only'}" + (f" · driver {hw['driver']}" if hw["gpu"] and hw["driver"] else "")
+                + ("  \n" + " · ".join(flags) if flags else ""))
+    stale = stale_for(run, cells)
+    if stale:
+        bar.warning(f"Stale: marked running but nothing happened for {_ago(stale)}.")
     filters: dict[str, list] = {}
     for name in FILTERS:
         options = sorted({getattr(c, name) for c in cells})
@@ -155,7 +201,8 @@ def sidebar(url: str, store: Store) -> Context:
         st.cache_data.clear()
         st.rerun()
     bar.caption(f"store `{url}` (read-only)")
-    ctx = Context(url, store, runs, run, cells, selected, cells_frame(selected), filters)
+    ctx = Context(url, store, runs, run, cells, selected, cells_frame(selected, cells), filters,
+                  missing)
     st.session_state[_STATE] = ctx
     return ctx
 
@@ -188,5 +235,32 @@ def filter_summary(ctx: Context) -> str:
 
 
 def header(title: str, ctx: Context) -> None:
+    """Title, then the run in one line (name, id, status, hardware, versions) and its caveats."""
     st.title(title)
-    st.caption(f"run **{ctx.run.name}** `{ctx.run.id}` · {ctx.run.status} · {filter_summary(ctx)}")
+    hw = report.hardware(ctx.run, ctx.cells)
+    machine = hw["gpu"] or (f"CPU only ({hw['cpu']})" if hw["cpu"] else "hardware not recorded")
+    if hw["gpu"] and hw["driver"]:
+        machine += f" · driver {hw['driver']}"
+    st.caption(f"run **{ctx.run.name}** `{ctx.run.id}` · {ctx.run.status} · "
+               f"{ctx.run.created_at:%Y-%m-%d %H:%M} UTC · **{machine}** · "
+               f"{report.versions(ctx.run, ctx.cells) or 'versions not recorded'} · "
+               f"{filter_summary(ctx)}")
+    if ctx.missing_run:
+        st.warning(f"Run `{ctx.missing_run}` (from the link) does not exist in this store: "
+                   f"showing `{ctx.run.id}` instead.")
+    stale = stale_for(ctx.run, ctx.cells)
+    if stale:
+        st.warning(f"This run is marked **running** but no cell started or finished for "
+                   f"{_ago(stale)}: its process probably died. `detbench run --resume {ctx.run.id}` "
+                   "finishes the missing cells.")
+    rnd = report.random_weights(ctx.selected)
+    if rnd:
+        st.warning(f"**Random weights** in {len(rnd)} cell(s) "
+                   f"({', '.join(sorted({c.model for c in rnd}))}): their AP is meaningless "
+                   "(≈ 0); compare only latency.")
+    shaky = report.unstable(ctx.selected)
+    if shaky:
+        st.warning(f"**Unstable latency** in {len(shaky)} of {len(ctx.selected)} cells "
+                   "(coefficient of variation above `timing.cv_warn`: busy host, throttling or "
+                   "unlocked clocks) — red outline in charts, ⚠ in tables. Their medians are "
+                   "still usable, the tails are not.")

@@ -40,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("show", "every cell of a run with its metrics")
     sp.add_argument("run_id")
     sp.add_argument("--json", action="store_true")
-    sp = cmd("export", "a run's cells as CSV, Markdown, HTML or JSON")
+    sp = cmd("export", "a run's cells as CSV, Markdown, HTML, JSON or XLSX, with the run header")
     sp.add_argument("run_id")
-    sp.add_argument("--format", choices=("csv", "md", "html", "json"), default="csv")
+    sp.add_argument("--format", choices=("csv", "md", "html", "json", "xlsx"), default="csv")
     sp.add_argument("-o", "--output")
     sp = cmd("compare", "why each cell's detections differ from its PyTorch fp32 reference")
     sp.add_argument("run_id")
@@ -117,9 +117,13 @@ def cmd_run(args) -> int:
     store = _store(args)
     cache = Path(args.cache_dir).resolve()
     run_id = store.get_run(args.resume).id if args.resume else orchestrator.create_run(store, args.matrix, cache)
-    print(f"run {run_id}  (store {args.db})", file=sys.stderr)
     with RunProgress() as progress:
-        orchestrator.execute(store, run_id, cache, force=args.force, on_event=progress.event)
+        def on_event(kind: str, data: dict) -> None:
+            if kind == "start":  # printed once the run's lock is held: a refusal is one line
+                progress.progress.console.print(f"run {run_id}  (store {args.db})", highlight=False)
+            progress.event(kind, data)
+
+        orchestrator.execute(store, run_id, cache, force=args.force, on_event=on_event)
     cells = store.cells(run_id)
     print_summary(store.get_run(run_id), cells)
     return EXIT_FAILED_CELLS if any(c.status == "failed" for c in cells) else EXIT_OK
@@ -153,18 +157,19 @@ def cmd_show(args) -> int:
 def cmd_export(args) -> int:
     from harness import report
 
+    if args.format == "xlsx" and not args.output:
+        raise UserError("--format xlsx writes a binary workbook: give a file with -o FILE.xlsx")
     store = _store(args, readonly=True)
     run = store.get_run(args.run_id)
     cells = store.cells(run.id)
-    rows = [report.cell_row(c) for c in cells]
-    text = {"csv": lambda: report.to_csv(rows), "md": lambda: report.to_markdown(rows),
-            "html": lambda: report.to_html(rows, title=f"detbench run {run.id} ({run.name})"),
-            "json": lambda: report.to_json(run, cells, store.alignments(run.id))}[args.format]()
+    alignments = store.alignments(run.id) if args.format == "json" else None
+    out = report.export_run(args.format, run, cells, alignments)
     if args.output:
-        Path(args.output).write_text(text)
+        path = Path(args.output)
+        path.write_bytes(out) if isinstance(out, bytes) else path.write_text(out)
         print(f"wrote {args.output}", file=sys.stderr)
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(out)
     return EXIT_OK
 
 

@@ -77,7 +77,10 @@ class RunProgress:
         self.progress.__exit__(*exc)
 
     def event(self, kind: str, data: dict) -> None:
-        if kind == "start":
+        if kind == "note":
+            self.progress.console.print(f"[yellow]note:[/] {data['text']}", markup=True,
+                                        highlight=False)
+        elif kind == "start":
             self.task = self.progress.add_task("starting", total=data["total"])
         elif kind == "cell":
             self.progress.update(self.task, description=f"{data['key']} [cyan]{data['stage']}[/]")

@@ -268,6 +268,12 @@ def check_files(m: Matrix, source: str) -> None:
         if spec.checkpoint != "random" and not Path(spec.checkpoint).is_file():
             raise UserError(f"{source}: models[{i}].checkpoint: checkpoint '{spec.checkpoint}' does "
                             "not exist: give a .pth path (relative to the matrix file) or `random`")
+        if spec.checkpoint != "random":
+            from harness.models.checkpoint import sniff
+
+            problem = sniff(spec.checkpoint)
+            if problem:
+                raise UserError(f"{source}: models[{i}].checkpoint: '{spec.checkpoint}': {problem}")
 
 
 def parse(data: dict, source: str = "<matrix>") -> Matrix:

@@ -101,7 +101,9 @@ def test_effective_settings_of_in_graph_nms_and_replay_order():
     assert (onnx.score_thr, onnx.pre_topk) == (0.25, 1000)
     trt = effective_settings("onnx", {"eval": ev, "export": {"pre_topk": 30000}, "deploy_pre_topk": 3840})
     assert trt.pre_topk == 3840
-    assert effective_settings("efficient_nms", {"eval": ev}).pre_topk == 4096
+    # BatchedNMS is fed at most 4096 boxes by the graph; EfficientNMS gets the graph's own pre-top-k
+    assert effective_settings("batched_nms", {"eval": ev}).pre_topk == 4096
+    assert effective_settings("efficient_nms", {"eval": ev, "export": {"pre_topk": 3840}}).pre_topk == 3840
     assert effective_settings("none", {"eval": {**ev, "pre_topk": -1}}).pre_topk is None
     cand = NmsSettings(0.25, 0.5, 3840, 100)
     steps = replay_steps(BASE, cand)

@@ -44,11 +44,11 @@ REGRESSED = ("yolov8_n", "onnxruntime", "fp16", 1)  # slower in the last run: a 
 CLASSES = ("circle", "square", "triangle")
 
 
-def _plan():
+def _plan(batches=(1, 4)):
     cells = []
     for model in MODELS:
         for (backend, precision) in [*BACKEND_MS, ("pytorch", "int8")]:
-            for batch in (1, 4):
+            for batch in batches:
                 cell = dict(key=f"{model}/{backend}/{precision}/b{batch}/s640/cuda:0/nms-none",
                             position=len(cells), model=model, backend=backend, precision=precision,
                             batch=batch, imgsz=640, device="cuda:0", nms="none",
@@ -73,10 +73,11 @@ def _latency(samples, batch):
             "batch": batch, "unstable": False, "timer": "cuda_event"}
 
 
-def build_store(url: str, runs: int = 5, *, alignment: bool = False) -> list[str]:
-    """``runs`` runs of a 2-model × 8-config × batch 1/4 matrix on a pretend GPU: ok cells with raw
-    samples, telemetry and per-class AP, skipped pytorch int8, one failed TensorRT int8 build, and a
-    latency regression of ``REGRESSED`` in the last run.  Deterministic.  Returns run ids."""
+def build_store(url: str, runs: int = 5, *, alignment: bool = False, batches=(1, 4)) -> list[str]:
+    """``runs`` runs of a 2-model × 8-config × ``batches`` matrix on a pretend GPU: ok cells with
+    raw samples, telemetry and per-class AP, skipped pytorch int8, failed TensorRT int8 builds
+    at every batch above 1, and a latency regression of ``REGRESSED`` in the last run.
+    Deterministic.  Returns run ids."""
     rng = random.Random(0)
     ids = []
     with Store(url) as store:
@@ -88,11 +89,11 @@ def build_store(url: str, runs: int = 5, *, alignment: bool = False) -> list[str
                 environment={"host": "bench-01", "gpu": "NVIDIA H100 80GB HBM3", "driver": "560.35",
                              "packages": {"torch": "2.13.0", "onnxruntime-gpu": "1.22.0",
                                           "tensorrt": "10.9.0"}},
-                cells=_plan())
+                cells=_plan(batches))
             for cell in store.cells(run_id):
                 if cell.status == "skipped":
                     continue
-                if cell.backend == "tensorrt" and cell.precision == "int8" and cell.batch == 4:
+                if cell.backend == "tensorrt" and cell.precision == "int8" and cell.batch > 1:
                     store.record_result(cell.id, status="failed", stage="build", duration_s=41.0,
                                         error="RuntimeError: TensorRT engine build failed: no "
                                               "implementation for layer /model.22/Concat",
@@ -225,9 +226,9 @@ def test_compare_pareto_throughput_and_classic_table(app):
     lines = json.loads(charts[1].proto.spec)
     assert lines["data"] and all(t["type"] == "scatter" for t in lines["data"])
     classic = at.dataframe[-1].value
-    assert list(classic.columns) == report.classic_columns()
+    assert list(classic.columns) == report.classic_columns([1, 4], ["fp32", "fp16", "int8"])
     assert len(classic) == 6  # 2 models × 3 backends
-    assert {b.label for b in at.get("download_button")} >= {"Download CSV", "Download HTML"}
+    assert {b.label for b in at.get("download_button")} >= {"CSV", "HTML", "XLSX"}
     at.multiselect(key="model").set_value(["yolov8_n"]).run()
     assert len(at.dataframe[-1].value) == 3
 
@@ -280,8 +281,7 @@ def test_export_every_table(app):
         at.selectbox(key="table").set_value(name).run()
         assert not at.exception
         assert at.dataframe
-        assert [b.label for b in at.get("download_button")] == [
-            "Download CSV", "Download Markdown", "Download HTML"]
+        assert [b.label for b in at.get("download_button")] == ["CSV", "Markdown", "HTML", "XLSX"]
 
 
 def test_every_page_while_a_run_is_in_progress(tmp_path, monkeypatch):
@@ -345,7 +345,11 @@ def test_every_page_on_a_real_run(tmp_path, monkeypatch):
             assert any("No NVML telemetry" in i.value for i in at.info)
             assert len(at.get("plotly_chart")) >= 2
         if page == "alignment":  # the ONNX Runtime cell against its PyTorch reference
-            assert len(at.get("plotly_chart")) == 3
+            import json
+
+            titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+            assert "per-class ΔAP vs the reference" in titles and len(titles) == 4
+            assert any("against **yolov8_synth/pytorch/fp32" in m.value for m in at.markdown)
             cell = next(sb for sb in at.selectbox if sb.label == "Cell")
             assert cell.value == "yolov8_synth/onnxruntime/fp32/b1/s320/cpu/nms-none"
 
@@ -400,7 +404,7 @@ def test_existing_exports_unchanged_and_classic_table(tmp_path):
     html = report.to_html(rows)
     assert html.count("<tr") == len(rows) + 1
     classic = report.classic_table(cells)
-    assert len(classic) == 6 and list(classic[0]) == report.classic_columns()
+    assert len(classic) == 6 and list(classic[0]) == report.classic_columns(cells=cells)
     trt8 = next(r for r in classic if r["model"] == "yolov8_n" and r["backend"] == "tensorrt")
     assert trt8["b1 int8 ms"] is not None and trt8["b4 int8 ms"] is None  # failed build
     pt = next(r for r in classic if r["backend"] == "pytorch")
@@ -428,3 +432,380 @@ def test_launch_command(monkeypatch):
 
     with pytest.raises(UserError, match="port"):
         dashboard_cli.launch("sqlite:///x.db", 70000)
+
+
+# -- the headline, real batch sizes, exports with a run header (issue #14) ------------------------
+
+
+def _cells(url):
+    store = Store(url, readonly=True)
+    run = store.list_runs()[0]
+    return store, run, store.cells(run.id)
+
+
+def _ms_img(cell):
+    return cell.latency["median_ms"] / cell.batch
+
+
+@pytest.mark.parametrize("batches", [(1, 8), (1, 2, 4, 16)])
+def test_classic_table_uses_the_runs_batch_sizes(tmp_path, batches):
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    build_store(url, runs=1, batches=batches)
+    _, _, cells = _cells(url)
+    columns = report.classic_columns(cells=cells)
+    assert [c for c in columns if c.endswith(" ms")] == [
+        f"b{b} {p} ms" for b in batches for p in ("fp32", "fp16", "int8")]
+    rows = report.classic_table(cells)
+    assert len(rows) == 6
+    for cell in cells:  # every ok cell's numbers land in its own column, nothing else does
+        row = next(r for r in rows if (r["model"], r["backend"]) == (cell.model, cell.backend))
+        value = row[f"b{cell.batch} {cell.precision} ms"]
+        assert value == (cell.latency["median_ms"] if cell.status == "ok" else None)
+    # and the CLI's XLSX carries the same columns
+    from openpyxl import load_workbook
+    import io
+
+    store, run, _ = _cells(url)
+    book = load_workbook(io.BytesIO(report.export_run("xlsx", run, cells)))
+    sheet = book["classic"]
+    header_rows = [r for r in sheet.iter_rows(values_only=True) if r and r[0] == "model"]
+    assert list(header_rows[0]) == columns
+
+
+def test_headline_table_values_and_budget(tmp_path):
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    build_store(url, runs=1)
+    _, _, cells = _cells(url)
+    by = {(c.model, c.backend, c.precision, c.batch): c for c in cells}
+    rows = report.headline_table(cells)  # default budget: 1 AP point
+    for r in rows:
+        cell = by[(r["model"], r["backend"], r["precision"], r["batch"])]
+        ref = by[(r["model"], "pytorch", "fp32", r["batch"])]
+        if cell.status != "ok":
+            assert r["ms_per_image"] is None and r["speedup"] is None and not r["best"]
+            continue
+        assert r["ms_per_image"] == pytest.approx(_ms_img(cell))
+        assert r["speedup"] == pytest.approx(_ms_img(ref) / _ms_img(cell))
+        assert r["dAP"] == pytest.approx(cell.metrics["AP"] - ref.metrics["AP"])
+        assert r["dAP_pct"] == pytest.approx(100 * r["dAP"] / ref.metrics["AP"])
+    best = {(r["model"], r["batch"]): (r["backend"], r["precision"]) for r in rows if r["best"]}
+    # TensorRT int8 is fastest but loses ~1.7 AP points: over a 1-point budget, fp16 wins
+    assert best == {(m, b): ("tensorrt", "fp16") for m in MODELS for b in (1, 4)}
+    loose = report.headline_table(cells, budget_points=2.0)
+    best = {(r["model"], r["batch"]): (r["backend"], r["precision"]) for r in loose if r["best"]}
+    assert best[("yolov8_n", 1)] == ("tensorrt", "int8")
+    assert best[("yolov8_n", 4)] == ("tensorrt", "fp16")  # the b4 int8 build failed
+    # fastest first within each batch; a filter keeps the reference from the whole run
+    b1 = [r["ms_per_image"] for r in rows if r["batch"] == 1 and r["model"] == "yolov8_n"
+          and r["ms_per_image"] is not None]
+    assert b1 == sorted(b1)
+    only_trt = [c for c in cells if c.backend == "tensorrt"]
+    filtered = report.headline_table(only_trt, reference_cells=cells)
+    assert all(r["speedup"] for r in filtered if r["status"] == "ok")
+
+
+def _headline_tables(at) -> dict[int, list[dict]]:
+    """The headline tables of a page (``st.html``): batch -> rows of {column: text}."""
+    from html.parser import HTMLParser
+
+    class Tables(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tables, self.row, self.head, self.cell = {}, None, None, None
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "table":
+                self.batch = int(attrs["data-batch"])
+                self.tables[self.batch], self.head = [], []
+            elif tag == "tr":
+                self.row = []
+            elif tag in ("th", "td"):
+                self.cell = ""
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+        def handle_endtag(self, tag):
+            if tag == "th":
+                self.head.append(self.cell)
+                self.cell = None
+            elif tag == "td":
+                self.row.append(self.cell)
+                self.cell = None
+            elif tag == "tr" and self.row:
+                self.tables[self.batch].append(dict(zip(self.head, self.row)))
+
+    parser = Tables()
+    for element in at.get("html"):
+        if "detbench-headline" in element.proto.body:
+            parser.feed(element.proto.body)
+    return parser.tables
+
+
+def test_headline_on_overview_and_compare(app, db_url):
+    store = Store(db_url, readonly=True)
+    run = store.list_runs()[0]
+    cells = store.cells(run.id)
+    ref = {(c.model, c.batch): c for c in cells if (c.backend, c.precision) == ("pytorch", "fp32")}
+    for page in ("overview", "compare"):
+        at = _open(AppTest.from_file(str(APP), default_timeout=TIMEOUT), page)
+        tables_ = _headline_tables(at)
+        assert sorted(tables_) == [1, 4]  # one per batch size
+        b1 = tables_[1]
+        assert list(b1[0])[:2] == ["", "backend · precision"] and "ΔAP %" in b1[0]
+        row = next(r for r in b1 if r["model"] == "yolov8_n"
+                   and r["backend · precision"] == "tensorrt · fp16")
+        cell = next(c for c in cells if (c.model, c.backend, c.precision, c.batch)
+                    == ("yolov8_n", "tensorrt", "fp16", 1))
+        assert row["speed-up"] == f"{_ms_img(ref[('yolov8_n', 1)]) / _ms_img(cell):.2f}×"
+        assert row["ΔAP"] == f"{cell.metrics['AP'] - ref[('yolov8_n', 1)].metrics['AP']:+.4f}"
+        assert row["note"].startswith("★")
+        assert len(tables_[1]) == len([c for c in cells if c.batch == 1])
+    # the heatmap defaults to the headline's numbers: speed-up, with ms per image written in
+    spec = _heatmap(_open(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "overview"))
+    assert spec["layout"]["title"]["text"].startswith("speed-up")
+    assert any("ms/img" in t and "ΔAP" in t for row in spec["data"][0]["text"] for t in row)
+
+
+def test_counters_follow_the_filters(app):
+    at = _open(app, "overview")
+    assert at.metric[0].value == "36"
+    at.multiselect(key="backend").set_value(["tensorrt"]).run()
+    values = {m.label: m.value for m in at.metric}
+    assert values["cells"] == "12" and values["failed"] == "2" and values["ok"] == "10"
+
+
+def test_colours_fixed_per_backend_precision_across_filters(app):
+    import json
+
+    from dashboard import charts
+
+    def colours(at):
+        scatter = json.loads(at.get("plotly_chart")[0].proto.spec)
+        return {t["name"]: t["marker"]["color"] for t in scatter["data"]
+                if t.get("legendgroup") not in (None, "symbols") and t["name"] != "Pareto frontier"}
+
+    at = _open(app, "compare")
+    everything = colours(at)
+    assert everything["tensorrt · int8"] == charts.CONFIG_COLORS["tensorrt · int8"]
+    at.multiselect(key="precision").set_value(["int8"]).run()
+    only = colours(at)
+    assert set(only) == {"onnxruntime · int8", "tensorrt · int8"}
+    assert all(only[k] == everything[k] for k in only)
+    assert len(set(charts.CONFIG_COLORS.values())) == len(charts.CONFIG_COLORS)
+    assert charts.config_color("someback · fp8") == charts.config_color("someback · fp8")
+
+
+def test_scatter_symbols_log_x_and_hover(app):
+    import json
+
+    at = _open(app, "compare", xscale="log")
+    scatter = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert scatter["layout"]["xaxis"]["type"] == "log"
+    legend = {t["name"] for t in scatter["data"] if t.get("legendgroup") == "symbols"}
+    assert legend == {"batch 1", "batch 4"}
+    trace = next(t for t in scatter["data"] if t["name"] == "onnxruntime · fp16"
+                 and t.get("showlegend") is False)  # the points (the legend entry is separate)
+    assert set(trace["marker"]["symbol"]) == {"circle", "square"}
+    assert "ΔAP" in trace["hovertemplate"] and "speed-up" in trace["hovertemplate"]
+    assert all(len(str(v).split(".")[-1]) <= 4 for row in trace["customdata"] for v in row[1:4])
+
+
+def test_every_export_format_has_the_run_header(tmp_path):
+    import io
+    import json
+
+    from openpyxl import load_workbook
+
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    build_store(url, runs=1)
+    _, run, cells = _cells(url)
+    header = report.run_header(run, cells)
+    assert header["hardware"].startswith("NVIDIA H100 80GB HBM3 · driver 560.35")
+    assert "torch 2.13.0" in header["versions"] and "tensorrt 10.9.0" in header["versions"]
+    for fmt in ("csv", "md", "html", "json"):
+        text = report.export_run(fmt, run, cells)
+        assert run.id in text and "NVIDIA H100 80GB HBM3" in text and "torch 2.13.0" in text, fmt
+    assert json.loads(report.export_run("json", run, cells))["header"] == header
+    book = load_workbook(io.BytesIO(report.export_run("xlsx", run, cells)))
+    assert book.sheetnames == ["cells", "headline", "classic"]
+    for sheet in book.worksheets:
+        top = {r[0]: r[1] for r in sheet.iter_rows(max_row=len(header), values_only=True)}
+        assert top["run"] == header["run"] and top["hardware"] == header["hardware"]
+    cells_sheet = list(book["cells"].iter_rows(values_only=True))
+    first = cells_sheet[len(header) + 2]
+    assert isinstance(first[report.COLUMNS.index("median_ms")], float)  # numbers stay numbers
+    # the CSV header is comment lines a CSV reader skips
+    import pandas as pd
+
+    frame = pd.read_csv(io.StringIO(report.export_run("csv", run, cells)), comment="#")
+    assert list(frame.columns) == list(report.COLUMNS) and len(frame) == len(cells)
+
+
+def test_cli_export_xlsx(tmp_path):
+    from conftest import run_cli
+    from openpyxl import load_workbook
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    build_store(url, runs=1)
+    out = tmp_path / "run.xlsx"
+    done = run_cli("export", "latest", "--format", "xlsx", "-o", out, "--db", url, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert load_workbook(out)["headline"].max_row > 20
+    refused = run_cli("export", "latest", "--format", "xlsx", "--db", url, cwd=tmp_path)
+    assert refused.returncode == 2 and "-o FILE.xlsx" in refused.stderr and not refused.stdout
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def _add_run(url, *, status, name, created_hours_ago=0.0, random_weights=False):
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from harness.store.schema import Run
+
+    plan = _plan()[:4]
+    if random_weights:
+        for c in plan:
+            c["params"] = {**c["params"], "model_spec": {"checkpoint": "random"}}
+    with Store(url) as store:
+        run_id = store.create_run(name=name, matrix_path=None, matrix_hash="h", matrix_yaml="{}\n",
+                                  git_sha=None, detbench_version="0.1.0", environment={},
+                                  cells=plan)
+        for cell in store.cells(run_id):
+            if cell.status != "skipped":
+                store.record_result(cell.id, status="ok", duration_s=1.0, metrics={"AP": 0.0},
+                                    latency=_latency([1.0, 1.1, 0.9], cell.batch))
+        if status == "finished":
+            store.finish_run(run_id, "finished")
+        if created_hours_ago:
+            when = datetime.now(timezone.utc) - timedelta(hours=created_hours_ago)
+            with store.session() as s:
+                s.execute(update(Run).where(Run.id == run_id).values(created_at=when))
+                from harness.store.schema import Cell
+
+                s.execute(update(Cell).where(Cell.run_id == run_id)
+                          .values(started_at=when, finished_at=when))
+    return run_id
+
+
+def test_latest_is_the_newest_finished_run_and_stale_runs_are_flagged(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    done = build_store(url, runs=1)[0]
+    stale = _add_run(url, status="running", name="crashed", created_hours_ago=0)
+    from datetime import datetime, timedelta, timezone
+
+    from dashboard import context
+
+    store = Store(url, readonly=True)
+    runs = store.list_runs()
+    assert runs[0].id == stale and context.default_run(runs).id == done
+    later = datetime.now(timezone.utc) + timedelta(hours=5)
+    assert context.stale_for(runs[0], store.cells(stale), now=later) > 4 * 3600
+    assert context.stale_for(runs[0], store.cells(stale)) is None  # just started: not stale
+    monkeypatch.setenv("DETBENCH_DB", url)
+    at = _open(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "overview")
+    assert done in _texts(at)  # the default is the finished run
+    at = _open(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "overview", run=stale)
+    assert "stale" not in _texts(at).lower()
+    monkeypatch.setattr(context, "STALE_S", -1.0)  # everything idle counts as stale now
+    at = _open(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "overview", run=stale)
+    assert "its process probably died" in _texts(at) and f"--resume {stale}" in _texts(at)
+    runs_table = at.dataframe[-1].value
+    assert runs_table.loc[runs_table["id"] == stale, "status"].item() == "running (stale)"
+
+
+def test_unknown_run_id_in_the_url_warns(app, db_url):
+    at = _open(app, "overview", run="r20990101-000000-dead")
+    assert any("NVIDIA H100 80GB HBM3 · driver 560.35" in c.value for c in at.sidebar.caption)
+    assert any("r20990101-000000-dead" in w.value and "does not exist" in w.value for w in at.warning)
+    latest = Store(db_url, readonly=True).list_runs()[0]
+    assert latest.id in _texts(at)
+
+
+def test_random_weights_and_unstable_latency_warnings(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    _add_run(url, status="finished", name="random", random_weights=True)
+    monkeypatch.setenv("DETBENCH_DB", url)
+    at = _open(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "compare")
+    assert any("Random weights" in w.value for w in at.warning)
+    assert any("⚠ random weights (4)" in c.value for c in at.sidebar.caption)  # the run picker
+    _, run, cells = _cells(url)
+    assert "random weights in 4 cell(s)" in report.run_header(run, cells)["caveats"]
+
+
+def test_alignment_summary_in_plain_words():
+    record = {"cell": "m/onnxruntime/int8/b8", "reference": "m/pytorch/fp32/b1", "images": 100,
+              "images_replayed": 32, "reference_detections": 10528, "matched": 9196, "missing": 1332,
+              "extra": 1506, "matched_pct": 87.36, "class_flips": 122,
+              "attribution": {"pre_topk": 0, "numeric": 919, "other": 1919}, "dominant_cause": "other",
+              "ap_ref": 0.6078, "ap_delta": -0.0121,
+              "lint": [{"code": "batch_variant", "message": "100 of 100 images differ"}],
+              "notes": ["1919 differences on 68 images without decoded tensors ..."]}
+    out = analysis.alignment_summary(record)
+    assert "ΔAP **-0.0121** (-1.99 %)" in out["headline"]
+    assert "87.4 % of the reference's 10,528 detections matched; 1,332 missing, 1,506 extra, 122 class flips" in out["headline"]
+    assert "unexplained ('other'): 1,919 of 2,838" in out["headline"]
+    assert out["warnings"][0].startswith("Only **32 of 100 images were replayed**")
+    assert "batch_variant" in out["warnings"][1] and out["notes"] == record["notes"]
+
+
+def test_alignment_page_headline_and_class_delta(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'aligned.db'}"
+    build_store(url, runs=1, alignment=True)
+    with Store(url) as store:
+        cell = next(c for c in store.cells(store.list_runs()[0].id) if c.backend == "tensorrt"
+                    and c.status == "ok")
+        store.record_alignment(cell.id, {
+            "cell": cell.key, "reference": "x", "images": 10, "images_replayed": 4, "missing": 900,
+            "extra": 3, "reference_detections": 1000, "matched_pct": 10.0, "ap_ref": 0.4,
+            "ap_delta": -0.1, "attribution": {"numeric": 3, "other": 900},
+            "class_ap_delta": [{"class_name": "circle", "ap_ref": 0.5, "ap": 0.4, "ap_delta": -0.1}],
+            "notes": ["the rest count as 'other'"]})
+    monkeypatch.setenv("DETBENCH_DB", url)
+    at = _open(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "alignment")
+    assert at.selectbox(key="cell").value == cell.key  # the most differences first
+    assert any("ΔAP **-0.1000**" in m.value for m in at.markdown)
+    assert any("Only **4 of 10 images were replayed**" in w.value for w in at.warning)
+    assert any("the rest count as 'other'" in i.value for i in at.info)
+    import json
+
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert "per-class ΔAP vs the reference" in titles
+
+
+def test_differing_boxes_are_the_unmatched_ones():
+    from dashboard.drawing import differing
+
+    ref = [{"bbox": [0, 0, 10, 10], "score": 0.9, "category_id": 1},
+           {"bbox": [50, 50, 10, 10], "score": 0.5, "category_id": 1}]
+    cand = [{"bbox": [0.5, 0, 10, 10], "score": 0.88, "category_id": 1},
+            {"bbox": [50, 50, 10, 10], "score": 0.5, "category_id": 2},  # a class flip
+            {"bbox": [90, 90, 5, 5], "score": 0.1, "category_id": 1}]
+    missing, extra = differing(ref, cand, 0.5)
+    assert missing == [ref[1]] and extra == [cand[1], cand[2]]
+
+
+def test_details_summary_has_no_float_fillna():
+    import warnings
+
+    from importlib import util
+
+    spec = util.spec_from_file_location("details_page", ROOT / "dashboard" / "views" / "details.py")
+    source = spec.loader.get_source("details_page").replace("\nmain()\n", "\n")
+    scope: dict = {}
+    exec(compile(source, "details.py", "exec"), scope)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = scope["_summary"]({"median_ms": 4.0, "n": 10}, None)
+    assert frame.loc["median_ms", "model"] == "4" and frame.loc["median_ms", "e2e"] == "—"
+    assert scope["_no_telemetry"](type("C", (), {"status": "pending", "device": "cuda"})()).startswith(
+        "No NVML telemetry yet")
+
+
+def test_page_icon_is_a_local_file():
+    source = (ROOT / "dashboard" / "app.py").read_text()
+    assert "page_icon=str(ICON)" in source and "http" not in source.split("ICON =")[1].split("\n")[0]
+    assert (ROOT / "dashboard" / "static" / "icon.png").stat().st_size > 100

@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, context
-from dashboard.analysis import alignment_of, histogram_of
+from dashboard.analysis import alignment_of, alignment_summary, histogram_of
 
 NO_DATA = ("No alignment data for this run (needs a non-reference cell plus a PyTorch fp32 "
            "reference).")
@@ -26,9 +26,18 @@ def main() -> None:
     if not isinstance(data, dict):
         st.json(data)
         return
+    summary = alignment_summary(data)
+    st.markdown(summary["headline"])
+    for line in summary["warnings"]:
+        st.warning(line)
+    for note in summary["notes"]:
+        st.info(f"**Note from the analysis:** {note}")
+    classes = data.get("class_ap_delta")
+    if isinstance(classes, list) and classes:
+        st.plotly_chart(charts.class_delta_bars(classes), key="class-delta")
+    _draw_worst(ctx, cell, data)  # pictures first: they say more than the histograms
     render(data)
     _int8_layers(data)
-    _draw_worst(ctx, cell, data)
     with st.expander("raw alignment data"):
         st.json(data, expanded=False)
 
@@ -37,22 +46,39 @@ def _differences(data) -> int:
     return int(data.get("missing", 0) or 0) + int(data.get("extra", 0) or 0) if isinstance(data, dict) else 0
 
 
+DRAW_MODES = ["only differing", "all at eval threshold"]
+
+
 def _draw_worst(ctx, cell, data: dict, count: int = 3) -> None:
-    """The worst images with boxes: reference (green, thick) vs this cell (red, thin)."""
+    """The worst images with boxes: reference (green, thick) vs this cell (red, thin), either
+    only the detections that differ (unmatched at the analysis' IoU) or every detection above
+    the evaluation score threshold."""
     from dashboard.drawing import draw
 
     worst = [w for w in data.get("worst_images") or [] if isinstance(w, dict)][:count]
-    reference = next((c for c in ctx.store.cells(cell.run_id) if c.key == data.get("reference")), None)
+    reference = next((c for c in ctx.cells if c.key == data.get("reference")), None)
     if not worst or reference is None:
         return
     st.subheader("Worst images, boxes drawn")
-    st.caption("green (thick): PyTorch fp32 reference · red (thin): this cell · detections with score ≥ 0.3")
+    mode = context.choice("Boxes", DRAW_MODES, "boxes")
+    thr = ((data.get("settings") or {}).get("candidate") or {}).get("score_thr")
+    match_iou = float(data.get("match_iou") or 0.5)
+    if mode == DRAW_MODES[0]:
+        st.caption(f"green (thick): reference detections this cell misses · red (thin): this "
+                   f"cell's extra detections (class-aware matching at IoU ≥ {match_iou:g}) — the "
+                   "same differences the counts above attribute.")
+    else:
+        st.caption(f"green (thick): PyTorch fp32 reference · red (thin): this cell · every "
+                   f"detection with score ≥ {thr if thr is not None else 0:g} (the evaluation "
+                   "threshold)")
     columns = st.columns(len(worst))
     for col, row in zip(columns, worst):
-        picture = draw(int(row["image_id"]), reference, cell)
+        picture = draw(int(row["image_id"]), reference, cell, min_score=float(thr or 0.0),
+                       only_differing=mode == DRAW_MODES[0], match_iou=match_iou)
         causes = ", ".join(f"{k} {row[k]}" for k in ("pre_topk", "score_thr", "keep_topk", "nms",
                                                      "numeric", "other") if row.get(k))
-        label = f"image {row['image_id']}: missing {row.get('missing', 0)}, extra {row.get('extra', 0)}"
+        label = (f"image {row['image_id']}: missing {row.get('missing', 0)}, extra "
+                 f"{row.get('extra', 0)}" + ("" if row.get("replayed", True) else " (not replayed)"))
         if picture is None:
             col.info(f"{label} (image or detections file not found on this machine)")
         else:
@@ -96,8 +122,9 @@ def render(data: dict) -> None:
         st.dataframe(pd.DataFrame(worst), hide_index=True)
     scalars = {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool))}
     if scalars:
-        st.dataframe(pd.DataFrame({"field": list(scalars), "value": list(map(str, scalars.values()))}),
-                     hide_index=True)
+        with st.expander("every stored number of this record"):
+            st.dataframe(pd.DataFrame({"field": list(scalars),
+                                       "value": list(map(str, scalars.values()))}), hide_index=True)
 
 
 main()

@@ -2,6 +2,8 @@
 import pandas as pd
 import streamlit as st
 
+from harness import report
+
 from dashboard import charts, context
 
 
@@ -15,8 +17,11 @@ def main() -> None:
             "created": f"{run.created_at:%Y-%m-%d %H:%M:%S} UTC",
             "finished": f"{run.finished_at:%Y-%m-%d %H:%M:%S} UTC" if run.finished_at else "—",
             "git sha": run.git_sha or "—", "detbench": run.detbench_version,
-            "matrix": run.matrix_path or "—", "matrix hash": run.matrix_hash}
-    st.dataframe(pd.DataFrame({"field": list(info), "value": list(info.values())}), hide_index=True)
+            "matrix": run.matrix_path or "—", "matrix hash": run.matrix_hash,
+            **{k: v for k, v in report.run_header(run, ctx.cells).items()
+               if k in ("hardware", "versions", "caveats")}}
+    st.dataframe(pd.DataFrame({"field": list(info), "value": list(info.values())}), hide_index=True,
+                 height=36 * (len(info) + 1) + 3)  # every field in view, no inner scrolling
     left, right = st.columns(2)
     with left.expander("environment", expanded=True):
         st.json(run.environment, expanded=1)
@@ -36,14 +41,14 @@ def main() -> None:
         st.code(cell.error, language=None)
     for warning in cell.warnings or []:
         st.warning(warning)
-    summary = pd.DataFrame({"model": _readable(cell.latency), "e2e": _readable(cell.latency_e2e)})
+    summary = _summary(cell.latency, cell.latency_e2e)
     left, right = st.columns(2)
     with left:
         st.markdown("**latency summary** (ms / batch)")
         if summary.empty:
             st.caption("no latency measured")
         else:
-            st.dataframe(summary.fillna("—"), height=300)
+            st.dataframe(summary, height=300)
     with right:
         st.markdown("**accuracy**")
         metrics = {k: v for k, v in (cell.metrics or {}).items() if not isinstance(v, (dict, list))}
@@ -63,14 +68,25 @@ def main() -> None:
             st.code(cell.log_tail, language=None)
 
     st.subheader("NVML telemetry")
+    if cell.telemetry:
+        tele = {k: v for k, v in cell.telemetry.items() if not isinstance(v, (dict, list))}
+        picks = [("energy / image", "energy_per_image_j", "J"), ("power avg", "power_avg_w", "W"),
+                 ("power max", "power_max_w", "W"), ("SM clock avg", "sm_clock_avg_mhz", "MHz"),
+                 ("temp max", "temp_max_c", "°C")]
+        shown = [(label, tele[k], unit) for label, k, unit in picks if tele.get(k) is not None]
+        for col, (label, value, unit) in zip(st.columns(max(1, len(shown))), shown):
+            col.metric(label, f"{_num(value)} {unit}")
     samples = context.load_telemetry(ctx.url, cell.id)
     if samples:
         st.plotly_chart(charts.telemetry_chart(samples), key="telemetry")
     else:
-        st.info("No NVML telemetry for this cell (CPU cells have none; GPU cells need nvidia-ml-py).")
+        st.info(_no_telemetry(cell))
     if cell.telemetry:
-        with st.expander("telemetry summary"):
-            st.json(cell.telemetry)
+        with st.expander("telemetry summary (all fields)"):
+            st.dataframe(pd.DataFrame({"field": list(cell.telemetry),
+                                       "value": [_num(v) if not isinstance(v, (dict, list)) else str(v)
+                                                 for v in cell.telemetry.values()]}),
+                         hide_index=True)
 
     st.subheader("Raw latency samples")
     series = {k: v for k, v in context.load_samples(ctx.url, cell.id).items() if v}
@@ -92,6 +108,27 @@ def _num(value) -> str:
 
 def _readable(summary: dict | None) -> dict:
     return {k: _num(v) for k, v in (summary or {}).items()}
+
+
+def _summary(model: dict | None, e2e: dict | None) -> pd.DataFrame:
+    """Model and end-to-end summaries side by side as strings ("—" where one lacks a field):
+    filled in Python, so no float column is ever ``fillna``-ed with a string."""
+    a, b = _readable(model), _readable(e2e)
+    keys = list(dict.fromkeys([*a, *b]))
+    return pd.DataFrame({"model": [a.get(k, "—") for k in keys], "e2e": [b.get(k, "—") for k in keys]},
+                        index=keys, dtype=object)
+
+
+def _no_telemetry(cell) -> str:
+    """Why a cell shows no NVML samples, in its own terms."""
+    if cell.status in ("pending", "running"):
+        return f"No NVML telemetry yet: this cell is {cell.status}."
+    if cell.status in ("failed", "skipped"):
+        return f"No NVML telemetry: this cell {cell.status} before it was timed."
+    if not str(cell.device).startswith("cuda"):
+        return "No NVML telemetry: this is a CPU cell (NVML samples GPUs only)."
+    return ("No NVML telemetry for this GPU cell: NVML was not available when it ran "
+            "(install nvidia-ml-py; see the cell's warnings).")
 
 
 main()

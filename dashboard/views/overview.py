@@ -1,29 +1,40 @@
-"""Overview: every run, and for the chosen run its matrix as a heatmap and its failures."""
+"""Overview: the headline (which backend · precision is fastest per batch, at what AP cost),
+the matrix as a heatmap, failures, and every run with its hardware and caveats."""
 import streamlit as st
 
 from dashboard import charts, context, tables
+from dashboard.headline import headline
 
-HEATMAP_VALUES = {"status": "status", "AP": "AP", "median ms": "median_ms",
-                  "images/s": "throughput_ips"}
+#: picker label -> heatmap value; the first is the default
+HEATMAP_VALUES = {"speed-up": "speedup", "ΔAP": "dAP", "ms per image": "ms_per_image",
+                  "AP": "AP", "images/s": "throughput_ips", "status": "status"}
+def counters(ctx) -> None:
+    """Cell counts of what the filters show (the run's totals in the help text)."""
+    shown = [c.status for c in ctx.selected]
+    total = ctx.run.counts or {}
+    items = [("cells", len(shown), len(ctx.cells)), ("ok", shown.count("ok"), total.get("ok", 0)),
+             ("failed", shown.count("failed"), total.get("failed", 0)),
+             ("skipped", shown.count("skipped"), total.get("skipped", 0)),
+             ("pending", shown.count("pending") + shown.count("running"),
+              total.get("pending", 0) + total.get("running", 0))]
+    for col, (label, value, whole) in zip(st.columns(len(items)), items):
+        col.metric(label, value, help=f"{whole} in the whole run")
 
 
 def main() -> None:
     ctx = context.current()
     context.header("Overview", ctx)
+    counters(ctx)
 
-    counts = ctx.run.counts
-    cols = st.columns(5)
-    for col, (label, value) in zip(cols, [("cells", len(ctx.cells)), ("ok", counts.get("ok", 0)),
-                                          ("failed", counts.get("failed", 0)),
-                                          ("skipped", counts.get("skipped", 0)),
-                                          ("pending", counts.get("pending", 0) + counts.get("running", 0))]):
-        col.metric(label, value)
+    st.subheader("Fastest here, and what it costs in AP")
+    headline(ctx, downloads=False)
 
     st.subheader("Matrix")
     value = context.choice("Colour cells by", list(HEATMAP_VALUES), "heat")
     st.plotly_chart(charts.matrix_heatmap(ctx.frame, HEATMAP_VALUES[value]), key="heatmap")
-    st.caption("rows: model · backend · precision; columns: batch · input size. "
-               "Latency is the median model time per batch.")
+    st.caption("rows: model · backend · precision; columns: batch · input size. Each ok cell: "
+               "median model latency per image, speed-up and ΔAP against the PyTorch fp32 cell "
+               "of the same batch.")
 
     st.subheader("Failures")
     failed = [c for c in ctx.selected if c.status == "failed"]

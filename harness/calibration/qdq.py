@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from harness import cache
 from harness.measure.provenance import file_hash
 
 SETTINGS = {"quant_format": "QDQ", "activation_type": "QInt8", "weight_type": "QInt8",
@@ -40,19 +40,15 @@ def quantize_qdq(fp32_onnx: Path, calib, method: str, percentile: float, cache_d
     key = hashlib.sha256(json.dumps([file_hash(fp32_onnx), calib.sha256, opts, SETTINGS,
                                      onnxruntime.__version__]).encode()).hexdigest()[:20]
     folder = Path(cache_dir) / "int8"
-    folder.mkdir(parents=True, exist_ok=True)
-    ranges = folder / f"{key}.calib.json"
-    if not ranges.is_file():
-        _write_ranges(fp32_onnx, calib, method, percentile, ranges)
+    ranges = cache.cached(folder / f"{key}.calib.json",
+                          lambda staged: _write_ranges(fp32_onnx, calib, method, percentile, staged))
     exclude = tuple(sorted(set(exclude)))
     if exclude:
         mixed = hashlib.sha256(json.dumps([key, exclude]).encode()).hexdigest()[:20]
-        out = folder / "mixed" / f"{mixed}.qdq.onnx"
-        out.parent.mkdir(exist_ok=True)
+        target = folder / "mixed" / f"{mixed}.qdq.onnx"
     else:
-        out = folder / f"{key}.qdq.onnx"
-    if not out.is_file():
-        _quantize(fp32_onnx, method, ranges, out, exclude)
+        target = folder / f"{key}.qdq.onnx"
+    out = cache.cached(target, lambda staged: _quantize(fp32_onnx, method, ranges, staged, exclude))
     info = {"calibration_method": method, **opts, "calibration_images": calib.images,
             "calibration_source": calib.source, "calibration_data_sha256": calib.sha256,
             "calibration_cache": str(ranges), "calibration_cache_sha256": file_hash(ranges),
@@ -169,7 +165,7 @@ def _runnable_part(fp32_onnx: Path, tmp: Path) -> Path:
 def _quantize(fp32_onnx: Path, method: str, ranges: Path, out: Path, exclude: tuple = ()) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.onnx")
+    tmp = out.with_name(f"{out.name}.tmp.onnx")
     quantize_static(str(fp32_onnx), str(tmp), None, quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                     op_types_to_quantize=SETTINGS["op_types_to_quantize"],

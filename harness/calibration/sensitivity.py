@@ -215,24 +215,24 @@ class Evaluator:
         return path
 
     def evaluate(self, exclude) -> dict:
+        from harness import cache
         from harness.measure.provenance import file_hash
-        from harness.trt.build import atomic_write
 
         graph = self.graph(exclude)
         key = hashlib.sha256(json.dumps([file_hash(graph), self.split.sha256, _cfg_repr(self.test_cfg),
                                          SQNR_IMAGES, "v1"]).encode()).hexdigest()[:24]
-        cached = self.folder / f"{key}.json"
-        if cached.is_file():
-            return json.loads(cached.read_text())
-        outputs = self._run(graph)
-        result = {"ap": self._ap(outputs)}
-        if exclude is not None:
-            fp32 = self.fp32_outputs()
-            result["boxes_sqnr_db"] = sqnr_db(fp32[0], outputs[0])
-            result["scores_sqnr_db"] = sqnr_db(fp32[1], outputs[1])
-        self.evaluations += 1
-        atomic_write(cached, json.dumps(result).encode())
-        return result
+
+        def build(staged: Path) -> None:
+            outputs = self._run(graph)
+            result = {"ap": self._ap(outputs)}
+            if exclude is not None:
+                fp32 = self.fp32_outputs()
+                result["boxes_sqnr_db"] = sqnr_db(fp32[0], outputs[0])
+                result["scores_sqnr_db"] = sqnr_db(fp32[1], outputs[1])
+            self.evaluations += 1
+            staged.write_text(json.dumps(result))
+
+        return json.loads(cache.cached(self.folder / f"{key}.json", build).read_text())
 
     def fp32_outputs(self):
         if self._fp32_outputs is None:
@@ -272,27 +272,28 @@ class Evaluator:
 
     def conv_sqnr(self, nodes_by_group: dict) -> dict[str, float]:
         """Mean SQNR (dB) of each group's Conv outputs in the fully quantized graph vs fp32."""
+        from harness import cache
         from harness.measure.provenance import file_hash
-        from harness.trt.build import atomic_write
 
         qdq = self.graph(())
         key = hashlib.sha256(json.dumps([file_hash(qdq), self.split.sha256, SQNR_IMAGES, "conv-sqnr-v1"])
                              .encode()).hexdigest()[:24]
-        cached = self.folder / f"{key}.json"
-        if cached.is_file():
-            return json.loads(cached.read_text())
-        import numpy as np
 
-        x = np.concatenate([b[0] for b in self.split.batches])[:SQNR_IMAGES]
-        names = [n for nodes in nodes_by_group.values() for n in nodes]
-        ref = _conv_outputs(self.fp32_onnx, names, x)
-        got = _conv_outputs(qdq, names, x)
-        out = {}
-        for group, nodes in nodes_by_group.items():
-            values = [sqnr_db(ref[n], got[n]) for n in nodes if n in ref and n in got]
-            if values:
-                out[group] = float(np.mean(values))
-        atomic_write(cached, json.dumps(out).encode())
+        def build(staged: Path) -> None:
+            import numpy as np
+
+            x = np.concatenate([b[0] for b in self.split.batches])[:SQNR_IMAGES]
+            names = [n for nodes in nodes_by_group.values() for n in nodes]
+            ref = _conv_outputs(self.fp32_onnx, names, x)
+            got = _conv_outputs(qdq, names, x)
+            out = {}
+            for group, nodes in nodes_by_group.items():
+                values = [sqnr_db(ref[n], got[n]) for n in nodes if n in ref and n in got]
+                if values:
+                    out[group] = float(np.mean(values))
+            staged.write_text(json.dumps(out))
+
+        out = json.loads(cache.cached(self.folder / f"{key}.json", build).read_text())
         return out
 
 

@@ -35,8 +35,9 @@ def evaluate(ann_file: str | Path, detections: list[dict], image_ids: list[int])
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         gt = COCO(str(ann_file))
-        if not detections:
-            stats = {name: 0.0 for name in STAT_NAMES}
+        if not detections:  # nothing found: 0 where there was something to find, else undefined
+            present = _gt_present(gt, image_ids)
+            stats = {name: (0.0 if present[_area(name)] else None) for name in STAT_NAMES}
             return {"stats": stats, "per_class": [], "log": "no detections"}
         dt = gt.loadRes(json.loads(json.dumps(detections)))
         ev = COCOeval(gt, dt, "bbox")
@@ -44,7 +45,7 @@ def evaluate(ann_file: str | Path, detections: list[dict], image_ids: list[int])
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    stats = {name: max(float(v), 0.0) for name, v in zip(STAT_NAMES, ev.stats)}
+    stats = {name: _defined(v) for name, v in zip(STAT_NAMES, ev.stats)}
     return {"stats": stats, "per_class": _per_class(gt, ev), "log": log.getvalue()}
 
 
@@ -56,6 +57,26 @@ def _per_class(gt, ev) -> list[dict]:
         p_all = precision[:, :, k, 0, -1]
         p_50 = precision[0, :, k, 0, -1]
         rows.append({"class_name": name,
-                     "ap": float(p_all[p_all > -1].mean()) if (p_all > -1).any() else 0.0,
-                     "ap50": float(p_50[p_50 > -1].mean()) if (p_50 > -1).any() else 0.0})
+                     "ap": float(p_all[p_all > -1].mean()) if (p_all > -1).any() else None,
+                     "ap50": float(p_50[p_50 > -1].mean()) if (p_50 > -1).any() else None})
     return rows
+
+
+def _defined(value) -> float | None:
+    """pycocotools writes -1 for "undefined" (e.g. no small objects at all): that is None, not 0."""
+    value = float(value)
+    return None if value < 0 else value
+
+
+_AREAS = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, float("inf"))}
+
+
+def _area(stat: str) -> str:
+    return next((a for a in _AREAS if stat.endswith(a)), "all")
+
+
+def _gt_present(gt, image_ids) -> dict[str, bool]:
+    """Whether the evaluated images hold any non-crowd ground truth, overall and per COCO area."""
+    anns = [a for a in gt.loadAnns(gt.getAnnIds(imgIds=list(image_ids))) if not a.get("iscrowd")]
+    present = {a: any(lo <= x["area"] <= hi for x in anns) for a, (lo, hi) in _AREAS.items()}
+    return {**present, "all": bool(anns)}

@@ -14,6 +14,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+from harness import cache
 from harness.measure.provenance import file_hash
 
 KEEP_FP32_OPS = ["NonMaxSuppression", "TopK", "EfficientNMS_TRT", "BatchedNMSDynamic_TRT"]
@@ -22,14 +23,10 @@ KEEP_FP32_OPS = ["NonMaxSuppression", "TopK", "EfficientNMS_TRT", "BatchedNMSDyn
 def to_fp16(fp32_onnx: Path, cache_dir: Path) -> tuple[Path, dict]:
     tool = "modelopt-autocast" if importlib.util.find_spec("modelopt") else "onnxruntime-float16"
     key = hashlib.sha256(json.dumps([file_hash(fp32_onnx), tool, KEEP_FP32_OPS]).encode()).hexdigest()[:20]
-    out = Path(cache_dir) / "fp16" / f"{key}.fp16.onnx"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not out.is_file():
-        tmp = out.with_suffix(".tmp.onnx")
-        version = (_modelopt if tool == "modelopt-autocast" else _onnxruntime)(fp32_onnx, tmp)
-        tmp.rename(out)
-    else:
-        version = _tool_version(tool)
+    out = cache.cached(Path(cache_dir) / "fp16" / f"{key}.fp16.onnx",
+                       lambda staged: (_modelopt if tool == "modelopt-autocast" else _onnxruntime)(
+                           fp32_onnx, staged))
+    version = _tool_version(tool)
     return out, {"fp16_converter": f"{tool} {version}", "io_dtype": "float32 (keep_io_types)",
                  "kept_fp32_ops": KEEP_FP32_OPS, "fp16_onnx_sha256": file_hash(out)}
 

@@ -157,24 +157,20 @@ def export_cached(cache_dir, model_key: dict, build_fn: Callable[[Path], dict | 
     ``build_fn(path)`` writes the ONNX file at ``path`` and may return metadata,
     kept beside it as ``<digest>.json``.
     """
+    from harness import cache
+
     key = {**model_key, "export_code": export_code_version(), "tools": _tool_versions()}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-    cache_dir = Path(cache_dir)
-    target = cache_dir / f"{digest}.onnx"
-    if target.is_file():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-        staged = Path(tmp) / "model.onnx"
+    target = Path(cache_dir) / f"{digest}.onnx"
+
+    def build(staged: Path) -> None:
         meta = build_fn(staged)
-        if not staged.is_file():
-            raise RuntimeError(f"export build function wrote nothing at {staged}")
         if meta is not None:
             meta = {**meta, "path": str(target), "key": key}
             _atomic_write(target.with_suffix(".json"),
                           json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
-        os.replace(staged, target)
-    return target
+
+    return cache.cached(target, build)
 
 
 def export_key(config_path, checkpoint: str, **options) -> dict:

@@ -7,6 +7,10 @@ Both use the same fixed batch: the first ``batch`` images, repeated if needed.
 """
 from __future__ import annotations
 
+import contextlib
+
+from harness.measure.host import contention_warnings, impossible_e2e_warning
+from harness.measure.host import sampler as host_sampler
 from harness.measure.stats import summarize
 from harness.measure.timing import TimingPlan, time_calls, time_end_to_end
 
@@ -25,14 +29,20 @@ def measure(runner, pre, images: list, ids: list, cell: dict) -> dict:
     sampler, why = _sampler(device)
     if why:
         warnings.append(f"no NVML telemetry: {why}")
-    with runner.timing_context():
-        if sampler is not None:
-            with sampler:
+    host, why = host_sampler()
+    if why:
+        warnings.append(why)
+    with host or contextlib.nullcontext():
+        with runner.timing_context():
+            if sampler is not None:
+                with sampler:
+                    model_ms = time_calls(forward, plan, device)
+                telemetry = sampler.summary(images=batch * len(model_ms))
+                tele_samples = sampler.samples
+            else:
                 model_ms = time_calls(forward, plan, device)
-            telemetry = sampler.summary(images=batch * len(model_ms))
-            tele_samples = sampler.samples
-        else:
-            model_ms = time_calls(forward, plan, device)
+        e2e_ms = (time_end_to_end(lambda: runner.infer(pre(imgs, bids)), _e2e_plan(plan), device)
+                  if t.get("e2e", True) else None)
     model = summarize(model_ms, batch, t["cv_warn"])
     if model["unstable"]:
         warnings.append(f"model latency unstable: coefficient of variation {model['cv']:.1%} > "
@@ -41,13 +51,24 @@ def measure(runner, pre, images: list, ids: list, cell: dict) -> dict:
                        "cuda_graph": getattr(forward, "graphed", False)},
            "samples": {"model": model_ms}, "telemetry": telemetry,
            "telemetry_samples": tele_samples, "warnings": warnings}
-    if t.get("e2e", True):
-        e2e_ms = time_end_to_end(lambda: runner.infer(pre(imgs, bids)), _e2e_plan(plan), device)
+    if e2e_ms is not None:
         out["latency_e2e"] = {**summarize(e2e_ms, batch, t["cv_warn"]), "timer": "perf_counter_ns"}
         out["samples"]["e2e"] = e2e_ms
+        warnings.extend(impossible_e2e_warning(model["median_ms"], out["latency_e2e"]["median_ms"]))
+    if host is not None:
+        summary = host.summary()
+        out["telemetry"] = {**(out["telemetry"] or {}), "host": summary}
+        warnings.extend(contention_warnings(summary))
     peak = _peak_memory_mb(device)
     if peak is not None:
-        out["telemetry"] = {**(out["telemetry"] or {}), "torch_peak_memory_mb": peak}
+        extra = {"torch_peak_memory_mb": peak}
+        engine_mem = getattr(getattr(runner, "info", None), "facts", {}).get("engine_memory")
+        if engine_mem:
+            # torch's allocator never sees TensorRT's own allocations (weights, context memory)
+            extra["torch_peak_memory_scope"] = "torch allocations only (I/O buffers); see engine_memory"
+            extra["engine_context_memory_mb"] = round(engine_mem.get("context_device_memory_bytes", 0) / 2**20, 1)
+            extra["engine_weights_mb_upper_bound"] = round(engine_mem.get("weights_bytes_upper_bound", 0) / 2**20, 1)
+        out["telemetry"] = {**(out["telemetry"] or {}), **extra}
     return out
 
 

@@ -42,21 +42,47 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def git_sha(repo: str | Path | None = None) -> str | None:
-    """The harness's own commit (with '-dirty' when the tree has changes).
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding harness/
+BUILD_SHA_FILE = Path(__file__).resolve().parents[1] / "_build_sha.txt"  # written by setup.py
 
-    A copy of the tree without ``.git`` (a CI artifact, a GPU box) can pass the
-    sha in ``DETBENCH_GIT_SHA``.
+
+def git_sha(repo: str | Path | None = None) -> str | None:
+    """detbench's own commit (with '-dirty' when its tree has changes), never the cwd's.
+
+    In order: ``DETBENCH_GIT_SHA`` (a copy of the tree without ``.git``: a CI
+    artifact, a GPU box); the git checkout detbench is imported from, only if
+    that checkout's top level *is* the folder holding ``harness/`` (an installed
+    copy inside someone else's repository, e.g. a project's virtualenv, does not
+    count); the sha written into the package when it was built
+    (``harness/_build_sha.txt``); else None.
     """
     if os.environ.get("DETBENCH_GIT_SHA"):
         return os.environ["DETBENCH_GIT_SHA"]
-    repo = repo or Path(__file__).resolve().parents[2]
+    root = Path(repo).resolve() if repo else _PACKAGE_ROOT
+    sha = _checkout_sha(root)
+    if sha:
+        return sha
     try:
-        head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=repo,
-                              capture_output=True, text=True, timeout=10)
+        return BUILD_SHA_FILE.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _checkout_sha(root: Path) -> str | None:
+    # GIT_DIR & co. (set inside git hooks, for example) would point git at another repository
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=10)
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:
+            return None
+        head = git("rev-parse", "--verify", "-q", "HEAD")
         sha = head.stdout.strip() if head.returncode == 0 else ""
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (sha + ("-dirty" if dirty else "")) if sha else None

@@ -94,27 +94,18 @@ def load_weights(model, checkpoint: str | Path, *, trust_checkpoint: bool = Fals
     never unpickles arbitrary objects silently: such a checkpoint needs
     ``trust_checkpoint: true`` in the matrix, or stripping to ``state_dict``.
     """
-    import pickle
-
-    import torch
+    from harness.models import checkpoint as ckpt_file
 
     path = Path(checkpoint)
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' does not exist: give a path to a .pth file or "
                         "`checkpoint: random`")
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=not trust_checkpoint)
-    except pickle.UnpicklingError as exc:
-        raise UserError(
-            f"checkpoint '{path}' holds pickled Python objects that torch.load(weights_only=True) "
-            "refuses; if you trust this file set `trust_checkpoint: true` for the model in the "
-            "matrix, or save only its state_dict") from exc
+    ckpt = ckpt_file.load(path, trust_checkpoint=trust_checkpoint)
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint '{path}' holds a {type(state).__name__}, not a state_dict: "
+                        "save `model.state_dict()` (or mmengine's {'state_dict': ...})")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise UserError(
-            f"checkpoint '{path}' does not fit its config: {len(result.missing_keys)} missing keys "
-            f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected "
-            f"(e.g. {result.unexpected_keys[:3]}); check that the config matches the checkpoint")
+    ckpt_file.check_fits(model, state, path)
+    model.load_state_dict(state, strict=True)
     return ckpt.get("meta", {}) if isinstance(ckpt, dict) else {}

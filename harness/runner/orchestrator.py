@@ -23,6 +23,7 @@ from harness import matrix as mx
 from harness.data.datasets import resolve_dataset
 from harness.measure import provenance
 from harness.runner.compare import compare_run
+from harness.runner.run_lock import hold_run_lock
 
 LOG_TAIL_LINES = 60
 _ROOT = Path(__file__).resolve().parents[2]
@@ -59,12 +60,25 @@ def create_run(store, matrix_path: str | Path, cache_dir: Path) -> str:
 
 def execute(store, run_id: str, cache_dir: Path, *, force: bool = False,
             on_event: Callable[[str, dict], None] = lambda kind, data: None) -> list[Outcome]:
-    """Run every unfinished cell of a run (every cell with ``force``)."""
+    """Run every unfinished cell of a run (every cell with ``force``), holding the run's lock.
+
+    A run another live process executes is refused (``RunLocked``, a UserError)
+    before anything changes; a lock left by a dead process is taken over with a
+    ``note`` event.
+    """
+    with hold_run_lock(store, run_id, note=lambda text: on_event("note", {"text": text})) as lock:
+        return _execute_locked(store, run_id, cache_dir, force=force, on_event=on_event,
+                               lock=lock)
+
+
+def _execute_locked(store, run_id: str, cache_dir: Path, *, force: bool,
+                    on_event: Callable[[str, dict], None], lock) -> list[Outcome]:
     todo = store.cells_to_run(run_id, force=force)
     on_event("start", {"total": len(todo)})
     outcomes = []
     try:
         for cell in todo:
+            lock.check()
             on_event("cell", {"key": cell.key, "stage": "starting"})
             store.mark_running(cell.id)
             outcome = run_one(store, run_id, cell, cache_dir,

@@ -15,6 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
+from harness import cache
 from harness.backends import BACKENDS
 from harness.backends.base import SkipCell
 from harness.errors import UserError
@@ -187,6 +188,9 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # a bug or a backend crash inside Python: record, keep the traceback
         traceback.print_exc()
         result = {"status": "failed", "stage": stages.current, "error": f"{type(exc).__name__}: {exc}"}
+    healed = cache.drain_warnings()  # corrupted cache entries rebuilt on the way
+    if healed:
+        result["warnings"] = list(result.get("warnings") or []) + healed
     result["duration_s"] = time.time() - started
     (work_dir / "result.json").write_text(json.dumps(result, default=_json_default))
     return 0

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from harness.store import cells as cellops
-from harness.store import migrate, runs
+from harness.store import locks, migrate, runs
 from harness.store.engine import open_engine
 from harness.store.records import CellRecord, RunRecord, from_row
 from harness.store.schema import (RUN_STATUSES, SERIES, TELEMETRY_FIELDS, Cell, ClassAP,
@@ -109,6 +109,49 @@ class Store:
             run = runs.resolve(session, run_id)
             run.status = status
             run.finished_at = None if status == "running" else cellops.now()
+
+    # -- the run lock -----------------------------------------------------------
+
+    def lock_run(self, run_id: str, me: locks.LockHolder, *,
+                 stale_after_s: float) -> locks.Takeover | None:
+        """Make ``me`` the one process executing the run (see :mod:`harness.store.locks`).
+
+        Returns the stale holder it replaced and why it was stale (None when the run was free);
+        raises :class:`~harness.store.locks.RunLocked` when a live process holds it.
+        """
+        for _ in range(5):  # each lost race re-reads the holder
+            with self.session() as session:
+                run = runs.resolve(session, run_id)
+                run_id, current = run.id, locks.holder(run)
+            now = cellops.now()
+            why = None
+            if current is not None and current.token != me.token:
+                why = locks.stale_reason(current, me=me, now=now, stale_after_s=stale_after_s)
+                if why is None:
+                    raise locks.RunLocked(
+                        f"run {run_id} is being executed by {current.describe()} (last heartbeat "
+                        f"{_ago(current.heartbeat_at, now)}): wait for it to finish, or stop that "
+                        "process first")
+            with self._writing() as session:
+                if locks.swap(session, run_id, expected=current.token if current else None,
+                              new=me, now=now):
+                    return None if why is None else locks.Takeover(current, why)
+        raise locks.RunLocked(f"run {run_id}: could not take its lock, another process keeps "
+                              "taking it; try again")
+
+    def heartbeat_run_lock(self, run_id: str, token: str) -> bool:
+        """Refresh the lock's heartbeat; False if the lock is no longer held with ``token``."""
+        with self._writing() as session:
+            return locks.beat(session, run_id, token, cellops.now())
+
+    def unlock_run(self, run_id: str, token: str) -> bool:
+        """Release the lock if ``token`` still holds it."""
+        with self._writing() as session:
+            return locks.swap(session, run_id, expected=token, new=None, now=cellops.now())
+
+    def run_lock_holder(self, run_id: str) -> locks.LockHolder | None:
+        with self.session() as session:
+            return locks.holder(runs.resolve(session, run_id))
 
     # -- cells ----------------------------------------------------------------
 
@@ -240,6 +283,10 @@ class Store:
                  .order_by(Run.created_at, Run.id))
         with self.session() as session:
             return [_history_row(cell, run) for cell, run in session.execute(query)]
+
+
+def _ago(when, now) -> str:
+    return "never" if when is None else f"{max(0.0, (now - when).total_seconds()):.0f} s ago"
 
 
 def _history_row(cell: Cell, run: Run) -> dict[str, Any]:

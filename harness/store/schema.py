@@ -72,6 +72,11 @@ class Run(Base):
     git_sha: Mapped[str | None] = mapped_column(String(64))
     detbench_version: Mapped[str] = mapped_column(String(64))
     environment: Mapped[dict[str, Any]]
+    # the run-level lock (harness.store.locks): all None when no process executes the run
+    lock_token: Mapped[str | None] = mapped_column(String(64))
+    lock_host: Mapped[str | None]
+    lock_pid: Mapped[int | None]
+    lock_heartbeat_at: Mapped[datetime | None]
 
 
 class Cell(Base):

@@ -10,7 +10,6 @@ an engine without its metadata is rebuilt).
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -119,13 +118,26 @@ def engine_meta(engine_path) -> dict:
 
 
 def _is_complete(engine: Path) -> bool:
+    """An engine with its metadata whose bytes match the sha256 recorded there.
+
+    A corrupted engine (or unreadable metadata) is deleted with a recorded
+    warning (:mod:`harness.cache`), so it is built again.
+    """
+    from harness import cache
+
     meta = engine.with_suffix(".json")
     if not (engine.is_file() and meta.is_file()):
         return False
     try:
-        return json.loads(meta.read_text()).get("engine_size") == engine.stat().st_size
-    except (OSError, ValueError):
+        expected = json.loads(meta.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return cache.heal(engine, "its metadata is unreadable", also=(meta,))
+    if meta_size(meta) != engine.stat().st_size:
+        return cache.heal(engine, "its size differs from the recorded engine_size", also=(meta,))
+    if not cache.verify(engine, expected):
+        meta.unlink(missing_ok=True)
         return False
+    return True
 
 
 def _build_into(cache_dir: Path, key: str, engine: Path, build_fn: Callable) -> None:
@@ -154,17 +166,14 @@ def _build_into(cache_dir: Path, key: str, engine: Path, build_fn: Callable) -> 
     atomic_write(engine.with_suffix(".json"), json.dumps(meta, indent=2).encode())
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive advisory lock (POSIX); elsewhere no lock (a double build is only wasted time)."""
+def meta_size(meta: Path):
     try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return json.loads(meta.read_text()).get("engine_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _locked(path: Path):
+    from harness.cache import locked
+
+    return locked(path)

@@ -2,8 +2,10 @@
 
 The reference's are its effective eval settings.  A candidate whose graph ends
 in NMS used the settings baked into its export (and TensorRT may clamp
-pre_topk; EfficientNMS / BatchedNMS cap candidates at 4096 internally), which
-is what must be compared, not what the matrix asked for.
+pre_topk; the BatchedNMS graph feeds it at most 4096 boxes), which is what must be
+compared, not what the matrix asked for.  EfficientNMS's internal 5,000 cap counts
+(box, class) scores above the threshold, not boxes: it is recorded and warned per cell
+(``nms_candidate_cap``), not replayed here.
 """
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from dataclasses import asdict, dataclass, replace
 
 #: the order in which a replay moves settings from the reference's to the candidate's
 STEPS = ("pre_topk", "score_thr", "keep_topk", "iou_thr")
-#: internal candidate caps of TensorRT NMS plugins
-GRAPH_PRE_TOPK_CAP = {"efficient_nms": 4096, "batched_nms": 4096}
+#: box caps applied in the graph before a TensorRT NMS plugin (harness.export.deploy)
+GRAPH_PRE_TOPK_CAP = {"batched_nms": 4096}
 _NO_CAP = 10**9
 
 
