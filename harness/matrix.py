@@ -25,7 +25,7 @@ from harness.models.onnx_source import OnnxSource
 from harness.models.table import MODELS, packaged_config, resolve_config
 from harness.models.ultralytics_source import UltralyticsSource
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-mixed")
 DEVICES = ("cpu", "cuda")
 NMS_VARIANTS = ("none", "onnx", "efficient_nms", "batched_nms")
 AXES = ("model", "backend", "precision", "batch", "imgsz", "device", "nms")
@@ -121,10 +121,31 @@ class TimingSpec(_Strict):
 
 class CalibrationSpec(_Strict):
     images: int = Field(default=32, gt=0)
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    method: Literal["minmax", "entropy", "percentile", "mse"] = "minmax"
     percentile: float = Field(default=99.99, gt=0, le=100)
     seed: int = 3
     source: Optional[DatasetSpec] = None
+    # AP-aware int8 (precision int8-mixed, or int8 with ap_budget set): a sensitivity split that
+    # is neither the calibration nor the evaluation split; the budget is an AP drop vs fp32
+    ap_budget: Optional[float] = Field(default=None, ge=0, le=1)
+    min_int8_flops: float = Field(default=0.5, ge=0, le=1,
+                                  description="a mix keeps at least this share of conv FLOPs int8")
+    sensitivity: bool = Field(default=False, description="also rank layer groups for plain int8 cells")
+    sensitivity_images: int = Field(default=64, ge=0)
+    sensitivity_seed: int = 5
+    sensitivity_source: Optional[DatasetSpec] = None
+
+    @model_validator(mode="after")
+    def _sensitivity_split(self):
+        from harness.calibration.sensitivity import MIN_SPLIT_IMAGES
+
+        if self.sensitivity_images < MIN_SPLIT_IMAGES:
+            raise ValueError(f"sensitivity_images is {self.sensitivity_images}: the sensitivity "
+                             f"split needs at least {MIN_SPLIT_IMAGES} images; raise it (64 is a good start)")
+        if self.sensitivity_source is None and self.sensitivity_seed == self.seed:
+            raise ValueError(f"sensitivity_seed {self.sensitivity_seed} equals calibration.seed: "
+                             "the sensitivity split must not be the calibration split; pick another seed")
+        return self
 
 
 class AlignmentSpec(_Strict):
@@ -416,7 +437,8 @@ def resolve_paths(m: Matrix, base: Path) -> Matrix:
 
 
 def _datasets(m: Matrix) -> list[DatasetSpec]:
-    return [ds for ds in (m.dataset, m.calibration.source) if ds is not None]
+    return [ds for ds in (m.dataset, m.calibration.source, m.calibration.sensitivity_source)
+            if ds is not None]
 
 
 def check_files(m: Matrix, source: str) -> None:
@@ -447,6 +469,8 @@ def check_files(m: Matrix, source: str) -> None:
     _check_dataset_files(m.dataset, f"{source}: dataset")
     if m.calibration.source is not None:
         _check_dataset_files(m.calibration.source, f"{source}: calibration.source")
+    if m.calibration.sensitivity_source is not None:
+        _check_dataset_files(m.calibration.sensitivity_source, f"{source}: calibration.sensitivity_source")
     for i, ov in enumerate(m.overrides):
         src = (ov.set.get("calibration") or {}).get("source")
         if src:

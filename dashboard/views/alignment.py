@@ -37,6 +37,7 @@ def main() -> None:
         st.plotly_chart(charts.class_delta_bars(classes), key="class-delta")
     _draw_worst(ctx, cell, data)  # pictures first: they say more than the histograms
     render(data)
+    _int8_layers(data)
     with st.expander("raw alignment data"):
         st.json(data, expanded=False)
 
@@ -82,6 +83,20 @@ def _draw_worst(ctx, cell, data: dict, count: int = 3) -> None:
             col.info(f"{label} (image or detections file not found on this machine)")
         else:
             col.image(picture, caption=f"{label} — {causes or 'no differences'}")
+
+
+def _int8_layers(data: dict) -> None:
+    """int8 cells: the ranked layer-group sensitivity table, the mix and the attribution (#18)."""
+    from harness.runner.compare import mix_summary, sensitivity_rows
+
+    layers = data.get("int8_layers")
+    if not isinstance(layers, dict) or not layers.get("sensitivity"):
+        return
+    st.subheader("int8 sensitivity per layer group")
+    st.caption(mix_summary(layers))
+    st.dataframe(pd.DataFrame(sensitivity_rows(layers)), hide_index=True)
+    for line in layers.get("attribution") or []:
+        st.markdown(f"- {line}")
 
 
 def render(data: dict) -> None:

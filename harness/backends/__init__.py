@@ -72,10 +72,10 @@ BACKENDS: dict[str, Backend] = {
                        frozenset({"none"})),
     "onnxruntime": Backend("onnxruntime", "harness.backends.onnxruntime", "OnnxRuntimeRunner",
                            ("onnxruntime", "onnx", "torch", "mmyolo"),
-                           frozenset({"fp32", "fp16", "int8"}), frozenset({"cpu", "cuda"}),
+                           frozenset({"fp32", "fp16", "int8", "int8-mixed"}), frozenset({"cpu", "cuda"}),
                            frozenset({"none", "onnx"})),
     "tensorrt": Backend("tensorrt", "harness.backends.tensorrt", "TensorRTRunner",
                         ("onnx", "torch", "mmyolo"),
-                        frozenset({"fp32", "fp16", "int8"}), frozenset({"cuda"}),
+                        frozenset({"fp32", "fp16", "int8", "int8-mixed"}), frozenset({"cuda"}),
                         frozenset({"none", "onnx", "efficient_nms", "batched_nms"})),
 }

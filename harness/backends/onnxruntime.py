@@ -70,13 +70,12 @@ class OnnxRuntimeRunner(Runner):
             from harness.export.fp16 import to_fp16
 
             return to_fp16(onnx_path, self.ctx.cache_dir)
-        if precision == "int8":
-            from harness.calibration.qdq import quantize_qdq
+        if precision in ("int8", "int8-mixed"):
+            from harness.calibration.sensitivity import int8_graph
 
-            calib = self.ctx.calibration_set()
-            c = self.cell["calibration"]
-            path, info = quantize_qdq(onnx_path, calib, c["method"], c["percentile"], self.ctx.cache_dir)
+            path, info = int8_graph(self.ctx, onnx_path, self.test_cfg)
             self.info.warnings.extend(self.ctx.same_scales_warning(info))
+            self.info.warnings.extend(_mix_warning(info))
             return path, info
         return onnx_path, {}
 
@@ -170,6 +169,11 @@ def _preload_cuda(ort) -> None:
             preload()
         except Exception:  # a missing library shows up as a missing provider below
             pass
+
+
+def _mix_warning(info: dict) -> list[str]:
+    mix = info.get("int8_mixed")
+    return [mix["note"]] if mix and not mix["met"] else []
 
 
 def _jsonable(obj):

@@ -73,7 +73,7 @@ class TensorRTRunner(Runner):
         self.ctx.stage("build")
         self._refuse(check_graph(onnx_path, self.flavour, "fp32"))  # before calibrating anything
         graph, calibrator = self._precision_graph(onnx_path)
-        self._refuse(check_graph(graph, self.flavour, self.cell["precision"],
+        self._refuse(check_graph(graph, self.flavour, _graph_precision(self.cell["precision"]),
                                  calibrator_available=calibrator is not None))
         self.engine_path = self._engine(graph, calibrator)
         return self.engine_path
@@ -164,10 +164,20 @@ class TensorRTRunner(Runner):
             path, info = to_fp16(onnx_path, self.ctx.cache_dir)
             self.info.facts.update(info)
             return path, None
-        if precision != "int8":
+        if precision not in ("int8", "int8-mixed"):
             return onnx_path, None
-        calib = self.ctx.calibration_set()
         c = self.cell["calibration"]
+        mixed = precision == "int8-mixed" or c.get("ap_budget") is not None
+        if mixed or c.get("sensitivity"):  # one mixed Q/DQ graph, explicit quantization on every flavour
+            from harness.calibration.sensitivity import int8_graph
+
+            path, info = int8_graph(self.ctx, onnx_path, self.test_cfg)
+            self.info.facts.update(info)
+            mix = info.get("int8_mixed")
+            if mix and not mix["met"]:
+                self.info.warnings.append(mix["note"])
+            return path, None
+        calib = self.ctx.calibration_set()
         if self.flavour.has_calibrators and c["method"] in ("entropy", "minmax"):
             from harness.trt.calibrator import make_calibrator
 
@@ -205,7 +215,7 @@ class TensorRTRunner(Runner):
                                self.flavour.version, gpu, cc, calib_hash)
         cache_dir = Path(self.ctx.cache_dir) / "engines"
         engine = cached_engine(cache_dir, key, lambda: build_engine(
-            graph, flavour=self.flavour, precision=self.cell["precision"], profile=profile,
+            graph, flavour=self.flavour, precision=_graph_precision(self.cell["precision"]), profile=profile,
             calibrator=calibrator, timing_cache_path=cache_dir / timing_cache_name(
                 self.flavour.name, self.flavour.version, gpu, cc), input_name=self.input_name))
         meta = engine_meta(engine)
@@ -396,6 +406,11 @@ class TensorRTRunner(Runner):
     def close(self) -> None:
         self.context = self.engine = self.runtime = None
         self._bound = self._graph = self.stream = None
+
+
+def _graph_precision(precision: str) -> str:
+    """int8-mixed is an int8 Q/DQ graph whose float layers simply have no Q/DQ."""
+    return "int8" if precision == "int8-mixed" else precision
 
 
 def _num_boxes(head, imgsz) -> int:

@@ -28,10 +28,12 @@ HIST_OPTIONS = {"num_bins": 2048, "num_quantized_bins": 128, "symmetric": True}
 
 
 def quantize_qdq(fp32_onnx: Path, calib, method: str, percentile: float, cache_dir: Path,
-                 input_name: str = "images") -> tuple[Path, dict]:
+                 input_name: str = "images", exclude: tuple[str, ...] = ()) -> tuple[Path, dict]:
     """The Q/DQ int8 model for (ONNX, calibration data, method), built once and cached.
 
     ``input_name``: the graph's image input (a user's ONNX model names it its own way).
+    ``exclude``: Conv node names left in float (no Q/DQ around them) — the
+    mixed-precision graph; the tensor ranges are the same calibration cache.
     """
     import onnxruntime
 
@@ -42,8 +44,13 @@ def quantize_qdq(fp32_onnx: Path, calib, method: str, percentile: float, cache_d
     ranges = cache.cached(folder / f"{key}.calib.json",
                           lambda staged: _write_ranges(fp32_onnx, calib, method, percentile, staged,
                                                        input_name))
-    out = cache.cached(folder / f"{key}.qdq.onnx",
-                       lambda staged: _quantize(fp32_onnx, method, ranges, staged))
+    exclude = tuple(sorted(set(exclude)))
+    if exclude:
+        mixed = hashlib.sha256(json.dumps([key, exclude]).encode()).hexdigest()[:20]
+        target = folder / "mixed" / f"{mixed}.qdq.onnx"
+    else:
+        target = folder / f"{key}.qdq.onnx"
+    out = cache.cached(target, lambda staged: _quantize(fp32_onnx, method, ranges, staged, exclude))
     info = {"calibration_method": method, **opts, "calibration_images": calib.images,
             "calibration_source": calib.source, "calibration_data_sha256": calib.sha256,
             "calibration_cache": str(ranges), "calibration_cache_sha256": file_hash(ranges),
@@ -62,8 +69,39 @@ def scales_hash(ranges_path: Path) -> str:
 def _method_enum(method: str):
     from onnxruntime.quantization import CalibrationMethod
 
+    # mse: detbench picks the thresholds from Percentile's |x| histograms (mse_thresholds) and
+    # hands them to the quantizer as plain ranges
     return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile}[method]
+            "percentile": CalibrationMethod.Percentile, "mse": CalibrationMethod.MinMax}[method]
+
+
+def mse_thresholds(histograms: dict) -> dict:
+    """Per tensor, the symmetric int8 clipping threshold with the least expected squared error.
+
+    ``histograms``: ONNX Runtime's |x| histograms ``{name: (counts, edges, min, max)}``.  Each
+    candidate threshold T (every 8th bin edge) quantizes the bin centres with scale T/127,
+    clipping beyond T; the error is weighted by the bin counts.  ONNX Runtime has no MSE
+    calibrator; this is the method TensorRT's pytorch-quantization toolkit calls ``mse``.
+    """
+    import numpy as np
+
+    out = {}
+    for name, (counts, edges, *_rest) in histograms.items():
+        counts = np.asarray(counts, dtype=np.float64)
+        edges = np.asarray(edges, dtype=np.float64)
+        centres = (edges[:-1] + edges[1:]) / 2
+        candidates = edges[8::8] if len(edges) > 8 else edges[1:]
+        candidates = candidates[candidates > 0]
+        if not len(candidates) or counts.sum() == 0:
+            top = float(edges[-1]) if len(edges) else 0.0
+            out[name] = (np.array(-top, dtype=np.float32), np.array(top, dtype=np.float32))
+            continue
+        scale = candidates[:, None] / 127.0
+        q = np.minimum(np.round(centres[None, :] / scale), 127) * scale
+        err = ((centres[None, :] - q) ** 2 * counts[None, :]).sum(axis=1)
+        t = float(candidates[int(np.argmin(err))])
+        out[name] = (np.array(-t, dtype=np.float32), np.array(t, dtype=np.float32))
+    return out
 
 
 class _Reader:
@@ -82,16 +120,24 @@ def _write_ranges(fp32_onnx: Path, calib, method: str, percentile: float, ranges
                   input_name: str = "images") -> None:
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import TensorsData
+
     extra = {} if method == "minmax" else dict(HIST_OPTIONS)
     if method == "percentile":
         extra["percentile"] = percentile
+    collect = CalibrationMethod.Percentile if method == "mse" else _method_enum(method)
     with tempfile.TemporaryDirectory(prefix="detbench-calib-") as tmp:
         model = _runnable_part(Path(fp32_onnx), Path(tmp))
         calibrator = create_calibrator(model, SETTINGS["op_types_to_quantize"],
                                        augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=_method_enum(method), extra_options=extra)
+                                       calibrate_method=collect, extra_options=extra)
         calibrator.collect_data(_Reader(calib.batches, input_name))
-        data = calibrator.compute_data()
+        if method == "mse":
+            data = TensorsData(CalibrationMethod.MinMax,
+                               mse_thresholds(calibrator.collector.get_histogram_dict()))
+        else:
+            data = calibrator.compute_data()
         tmp_ranges = Path(tmp) / "ranges.json"
         save_tensors_data(data, tmp_ranges)
         shutil.move(str(tmp_ranges), ranges)
@@ -119,13 +165,14 @@ def _runnable_part(fp32_onnx: Path, tmp: Path) -> Path:
     return path
 
 
-def _quantize(fp32_onnx: Path, method: str, ranges: Path, out: Path) -> None:
+def _quantize(fp32_onnx: Path, method: str, ranges: Path, out: Path, exclude: tuple = ()) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    tmp = out.with_suffix(".tmp.onnx")
+    tmp = out.with_name(f"{out.name}.tmp.onnx")
     quantize_static(str(fp32_onnx), str(tmp), None, quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                     op_types_to_quantize=SETTINGS["op_types_to_quantize"],
                     calibrate_method=_method_enum(method),
-                    extra_options=dict(SETTINGS["extra_options"]), calibration_cache_path=str(ranges))
+                    extra_options=dict(SETTINGS["extra_options"]), calibration_cache_path=str(ranges),
+                    nodes_to_exclude=list(exclude))
     tmp.rename(out)

@@ -78,7 +78,43 @@ def _record(loader, cell, ref, reason, cells) -> dict:
     if ref is None:
         return {**_status_record(cell.key, "no reference", reason), "batch_invariance": batch}
     match_iou = float(((cell.params or {}).get("alignment") or {}).get("match_iou", 0.5))
-    return analyse(loader.data(ref), loader.data(cell), match_iou, batch)
+    record = analyse(loader.data(ref), loader.data(cell), match_iou, batch)
+    layers = int8_layers(cell.provenance or {})
+    if layers:
+        layers["attribution"] += _mix_on_evaluation(cell, ref, cells, layers)
+    return {**record, "int8_layers": layers} if layers else record
+
+
+def _mix_on_evaluation(cell, ref, cells, layers) -> list[str]:
+    """On the evaluation split: the share of the plain int8 cell's ΔAP that the mix removes."""
+    mix = layers.get("mixed")
+    axes = ("model", "backend", "batch", "imgsz", "device", "nms")
+    twin = next((c for c in cells if c.precision == "int8" and c.status == "ok" and c.id != cell.id
+                 and all(getattr(c, a) == getattr(cell, a) for a in axes)), None)
+    if not mix or twin is None or not (ref.metrics and twin.metrics and cell.metrics):
+        return []
+    full = twin.metrics["AP"] - ref.metrics["AP"]
+    mixed = cell.metrics["AP"] - ref.metrics["AP"]
+    if full >= 0:
+        return []
+    groups = ", ".join(mix["kept_float_groups"]) or "no group"
+    return [f"evaluation split: keeping {groups} float removes {(mixed - full) / -full:.0%} of the "
+            f"int8 cell's ΔAP ({full:+.4f} -> {mixed:+.4f} vs {ref.key})"]
+
+
+def int8_layers(provenance: dict) -> dict | None:
+    """An int8 cell's layer-group sensitivity table, its mix and the attribution sentences."""
+    from harness.calibration.sensitivity import attribution_lines
+
+    table = provenance.get("int8_sensitivity")
+    if not table:
+        return None
+    mix = provenance.get("int8_mixed")
+    out = {"sensitivity": table, "attribution": attribution_lines(table)}
+    if mix:
+        out["mixed"] = {k: v for k, v in mix.items() if k != "kept_float_nodes"}
+        out["mixed"]["kept_float_convs"] = len(mix.get("kept_float_nodes") or [])
+    return out
 
 
 def _batch(loader, cell, twin) -> dict:
@@ -183,5 +219,55 @@ def print_table(run_id: str, records: list[dict]) -> None:
     for record in records:
         for line in [i["message"] for i in record.get("lint") or []] + (record.get("notes") or []):
             con.print(f"{record['cell']}: {line}", markup=False, highlight=False)
+    for record in records:
+        if record.get("int8_layers"):
+            _print_int8_layers(con, record)
     if not records:
         con.print("no finished cell besides the references")
+
+
+def sensitivity_rows(layers: dict) -> list[dict]:
+    """The ranked table as display rows (compare and the dashboard share it)."""
+    def num(v, spec):
+        return "—" if v is None else format(v, spec)
+
+    kept = set((layers.get("mixed") or {}).get("kept_float_groups") or [])
+    rows = []
+    for r in layers["sensitivity"]["rows"]:
+        rows.append({"rank": str(r.get("rank", "—")), "group": r["group"], "convs": str(r["convs"]),
+                     "conv FLOPs": f"{r['flops_fraction']:.1%}",
+                     "ΔAP only this int8": num(r.get("only_delta_ap"), "+.4f"),
+                     "ΔAP this left float": num(r.get("leave_out_delta_ap"), "+.4f"),
+                     "ΔAP recovered": num(r.get("recovered_fraction"), ".0%"),
+                     "SQNR dB (int8)": num(r.get("conv_sqnr_db"), ".1f"),
+                     "out SQNR dB (only)": num(r.get("only_output_sqnr_db"), ".1f"),
+                     "mix": "float" if r["group"] in kept else ("—" if not r["convs"] else "int8")})
+    return rows
+
+
+def mix_summary(layers: dict) -> str:
+    t, mix = layers["sensitivity"], layers.get("mixed")
+    head = (f"sensitivity split: {t['split']} ({t['images']} images, {t['method']}); fp32 AP {t['fp32_ap']:.4f}, "
+            f"int8 AP {t['int8_ap']:.4f} (ΔAP {t['int8_delta_ap']:+.4f})")
+    if not mix:
+        return head
+    state = "met" if mix["met"] else "NOT met (best mix found kept)"
+    return (f"{head}; mix: budget {mix['ap_budget']} {state}, float: "
+            f"{', '.join(mix['kept_float_groups']) or 'none'} ({mix['kept_float_convs']} convs), "
+            f"{mix['int8_conv_flops_fraction']:.1%} of conv FLOPs int8, ΔAP {mix['sensitivity_delta_ap']:+.4f}")
+
+
+def _print_int8_layers(con, record: dict) -> None:
+    from rich.table import Table
+
+    layers = record["int8_layers"]
+    rows = sensitivity_rows(layers)
+    table = Table(title=f"{record['cell']}: int8 sensitivity per layer group (ranked)")
+    for col in rows[0]:
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*r.values())
+    con.print(table)
+    con.print(mix_summary(layers), markup=False, highlight=False)
+    for line in layers.get("attribution") or []:
+        con.print(f"{record['cell']}: {line}", markup=False, highlight=False)

@@ -126,6 +126,12 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
                            "input_stream": stream_stats, "load_breakdown": load_breakdown},
             "warnings": ctx.notes + runner.info.warnings + timing.pop("warnings", []),
         }
+        mix = runner.info.facts.get("int8_mixed")
+        if mix:  # the mix in the results too, not only in provenance (#18)
+            result["metrics"].update({"int8_conv_flops_fraction": mix["int8_conv_flops_fraction"],
+                                      "int8_float_convs": len(mix["kept_float_nodes"]),
+                                      "int8_mix_met": mix["met"],
+                                      "int8_mix_delta_ap_sensitivity": mix["sensitivity_delta_ap"]})
         if dropped:
             result["warnings"].append(f"{dropped} detections had labels beyond the dataset's "
                                       f"{len(dataset.category_ids)} categories and were not scored")

@@ -1,0 +1,506 @@
+"""AP-aware int8: which layer groups' quantization costs AP, and a mixed Q/DQ graph within a budget.
+
+Layer groups come from the exported graph's node names (the torch module
+paths): backbone stem and stages, neck blocks, each head branch split into
+its stacked convs and its final prediction conv, and ``decode`` (what follows
+the head; it has no Conv, so Q/DQ never touches it and it stays float).
+
+On a *sensitivity split* (neither the calibration nor the evaluation images)
+every group is measured two ways against the fp32 graph: quantize-only-this
+(every other Conv float) and leave-this-out (every other Conv int8), each as
+COCO AP through mmyolo's own post-processing; plus the SQNR of each group's
+Conv outputs in the fully quantized graph.  Every evaluation is cached by
+(Q/DQ graph hash, split data hash, post-processing settings), so a second
+cell, run or search reuses it.
+
+The mixed graph is the same TensorRT-compatible Q/DQ graph (``qdq.py``) with
+``nodes_to_exclude``: the groups kept float are chosen greedily in the order
+of the ranking (AP recovered when left out + AP lost when quantized alone) until ΔAP ≤ budget, then
+pruned (a kept group whose removal still meets the budget goes back to int8).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import UserError
+
+MIN_SPLIT_IMAGES = 8  # below this an AP difference of 0.003 is noise
+SQNR_IMAGES = 8  # images whose Conv outputs are compared tensor by tensor
+
+
+# ---------------------------------------------------------------- graph: groups and FLOPs
+
+
+def layer_groups(model) -> dict[str, list[str]]:
+    """Ordered ``group -> Conv node names``; ``decode`` is listed even when it holds no Conv."""
+    groups: dict[str, list[str]] = {}
+    finals: dict[tuple, tuple] = {}
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        group, level_key = _group_of(node.name)
+        groups.setdefault(group, []).append(node.name)
+        if level_key is not None:  # head branch: the last conv of each level is the prediction conv
+            branch, level, index = level_key
+            if (branch, level) not in finals or finals[(branch, level)][0] < index:
+                finals[(branch, level)] = (index, node.name)
+    final_names = {name for _, name in finals.values()}
+    out: dict[str, list[str]] = {}
+    for group, names in groups.items():
+        if group.startswith("head."):
+            convs = [n for n in names if n not in final_names]
+            preds = [n for n in names if n in final_names]
+            if convs:
+                out[f"{group}.convs"] = convs
+            if preds:
+                out[f"{group}.pred"] = preds
+        else:
+            out[group] = names
+    out.setdefault("decode", [])
+    return out
+
+
+def _group_of(name: str) -> tuple[str, tuple | None]:
+    parts = [p for p in name.split("/") if p]
+    if not parts:
+        return "other", None
+    if parts[0] == "backbone" and len(parts) > 2:
+        return f"backbone.{_strip_index(parts[1])}", None
+    if parts[0] == "neck" and len(parts) > 2:
+        return f"neck.{_strip_index(parts[1])}", None
+    if parts[0] == "bbox_head" and len(parts) > 3 and parts[1] == "head_module":
+        branch = _strip_index(parts[2])
+        level = re.findall(r"\d+", parts[2])
+        index = re.findall(r"\d+", parts[3]) if len(parts) > 4 else []
+        key = (branch, level[-1] if level else "", int(index[-1]) if index else 0)
+        return f"head.{branch}", key
+    if parts[0] in ("backbone", "neck", "bbox_head"):
+        return parts[0], None
+    return "decode", None
+
+
+def _strip_index(part: str) -> str:
+    return re.sub(r"(\.\d+)+$", "", part)
+
+
+def conv_flops(model, imgsz: int) -> dict[str, float]:
+    """Multiply-accumulates × 2 of every Conv at batch 1 (shapes by ONNX shape inference)."""
+    import onnx
+    from onnx import shape_inference
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, (1, 3, imgsz, imgsz)):
+        d.ClearField("dim_param")
+        d.dim_value = v
+    inferred = shape_inference.infer_shapes(model)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    weights = {t.name: list(t.dims) for t in model.graph.initializer}
+    flops = {}
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        w = weights.get(node.input[1])
+        out = shapes.get(node.output[0])
+        if not w or not out or len(out) < 4:
+            raise RuntimeError(f"cannot size Conv {node.name}: weight {w}, output {out}")
+        c_out, c_in_per_group, *kernel = w
+        k = 1
+        for v in kernel:
+            k *= v
+        flops[node.name] = 2.0 * c_out * c_in_per_group * k * out[2] * out[3]
+    return flops
+
+
+# ---------------------------------------------------------------- the sensitivity split
+
+
+@dataclass(frozen=True)
+class Split:
+    """Preprocessed images with annotations, for AP: neither calibration nor evaluation images."""
+
+    batches: list  # (inputs float32 numpy (n, 3, H, W), metas, image ids)
+    ann_file: Path
+    category_ids: tuple
+    images: int
+    source: str
+    sha256: str
+
+
+def sensitivity_images(cell: dict, cache_dir: Path):
+    """(CocoDataset subset, description) of the cell's sensitivity split; refuses a too small one."""
+    from harness.data.coco import CocoDataset
+    from harness.data.datasets import synth_dataset
+
+    calib, ds = cell["calibration"], cell["dataset"]
+    n = calib["sensitivity_images"]
+    if n < MIN_SPLIT_IMAGES:
+        raise UserError(f"calibration.sensitivity_images is {n}: the sensitivity split needs at least "
+                        f"{MIN_SPLIT_IMAGES} images to measure AP differences; raise it (64 is a good start)")
+    if calib.get("sensitivity_source"):
+        src = calib["sensitivity_source"]
+        if src.get("synth"):
+            images_dir, ann = synth_dataset(src["synth"]["images"], src["synth"]["seed"],
+                                            src["synth"]["size"], cache_dir)
+        else:
+            images_dir, ann = src["images"], src["annotations"]
+        found = CocoDataset.load(images_dir, ann, n, where="calibration.sensitivity_source")
+        where = f"calibration.sensitivity_source {ann}"
+    elif ds.get("synth"):
+        seed = calib["sensitivity_seed"]
+        if seed in (ds["synth"]["seed"], calib["seed"]):
+            raise UserError(f"calibration.sensitivity_seed {seed} equals the "
+                            f"{'evaluation' if seed == ds['synth']['seed'] else 'calibration'} seed: the "
+                            "sensitivity split must be neither; pick another seed")
+        images_dir, ann = synth_dataset(n, seed, ds["synth"]["size"], cache_dir)
+        found = CocoDataset.load(images_dir, ann, n, where="calibration.sensitivity_seed")
+        where = f"synth seed {seed}"
+    else:
+        full = CocoDataset.load(ds["images"], ds["annotations"], None)
+        start = (ds.get("limit") or len(full.images)) + calib["images"]
+        chosen = full.images[start:start + n]
+        found = CocoDataset(full.ann_file, tuple(chosen), full.category_ids, full.category_names)
+        where = f"{ds['annotations']} images after limit {ds.get('limit')} + {calib['images']} calibration images"
+    if len(found.images) < MIN_SPLIT_IMAGES:
+        raise UserError(f"calibration.sensitivity_images: the sensitivity split ({where}) has "
+                        f"{len(found.images)} images, fewer than {MIN_SPLIT_IMAGES}; give "
+                        "`calibration.sensitivity_source` with more images (not the evaluation or "
+                        "calibration split)")
+    return found, where
+
+
+def build_split(found, pre, source: str, batch: int = 8) -> Split:
+    import numpy as np
+
+    digest = hashlib.sha256()
+    batches = []
+    images = list(found.images)
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        prepared = pre([found.read(im) for im in chunk], [im.id for im in chunk])
+        x = prepared.inputs.cpu().numpy().astype(np.float32)
+        digest.update(x.tobytes())
+        batches.append((x, prepared.metas, [im.id for im in chunk]))
+    digest.update(str(found.ann_file).encode())
+    return Split(batches, found.ann_file, found.category_ids, len(images), source, digest.hexdigest())
+
+
+# ---------------------------------------------------------------- evaluations (cached)
+
+
+class Evaluator:
+    """AP (and output SQNR) of the fp32 graph or a Q/DQ graph with some Convs kept float."""
+
+    def __init__(self, fp32_onnx: Path, calib, method: str, percentile: float, cache_dir: Path,
+                 split: Split, test_cfg):
+        self.fp32_onnx, self.calib, self.method, self.percentile = Path(fp32_onnx), calib, method, percentile
+        self.cache_dir, self.split, self.test_cfg = Path(cache_dir), split, test_cfg
+        self.folder = self.cache_dir / "int8" / "sensitivity"
+        self._fp32_outputs = None
+        self.evaluations = 0  # evaluations actually run (not served from the cache)
+
+    def graph(self, exclude) -> Path:
+        """The graph for a float set: ``None`` = fp32, else Q/DQ with ``exclude`` kept float."""
+        if exclude is None:
+            return self.fp32_onnx
+        from harness.calibration.qdq import quantize_qdq
+
+        path, _ = quantize_qdq(self.fp32_onnx, self.calib, self.method, self.percentile,
+                               self.cache_dir, exclude=tuple(sorted(exclude)))
+        return path
+
+    def evaluate(self, exclude) -> dict:
+        from harness import cache
+        from harness.measure.provenance import file_hash
+
+        graph = self.graph(exclude)
+        key = hashlib.sha256(json.dumps([file_hash(graph), self.split.sha256, _cfg_repr(self.test_cfg),
+                                         SQNR_IMAGES, "v1"]).encode()).hexdigest()[:24]
+
+        def build(staged: Path) -> None:
+            outputs = self._run(graph)
+            result = {"ap": self._ap(outputs)}
+            if exclude is not None:
+                fp32 = self.fp32_outputs()
+                result["boxes_sqnr_db"] = sqnr_db(fp32[0], outputs[0])
+                result["scores_sqnr_db"] = sqnr_db(fp32[1], outputs[1])
+            self.evaluations += 1
+            staged.write_text(json.dumps(result))
+
+        return json.loads(cache.cached(self.folder / f"{key}.json", build).read_text())
+
+    def fp32_outputs(self):
+        if self._fp32_outputs is None:
+            self._fp32_outputs = self._run(self.fp32_onnx)
+        return self._fp32_outputs
+
+    def _run(self, graph: Path):
+        import numpy as np
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()][:2]
+        boxes, scores = [], []
+        for x, _, _ in self.split.batches:
+            b, s = sess.run(names, {"images": x})
+            boxes.append(b.astype(np.float32))
+            scores.append(s.astype(np.float32))
+        return np.concatenate(boxes), np.concatenate(scores)
+
+    def _ap(self, outputs) -> float:
+        from harness.evaluate.coco_eval import evaluate, to_coco_detections
+        from harness.export.host_nms import host_postprocess
+
+        boxes, scores = outputs
+        dets, ids, offset = [], [], 0
+        for x, metas, chunk_ids in self.split.batches:
+            n = len(chunk_ids)
+            for image_id, (b, s, l) in zip(chunk_ids, host_postprocess(
+                    boxes[offset:offset + n], scores[offset:offset + n], metas, self.test_cfg)):
+                dets.extend(to_coco_detections(image_id, b.numpy(), s.numpy(), l.numpy(),
+                                               self.split.category_ids)[0])
+            ids.extend(chunk_ids)
+            offset += n
+        return evaluate(self.split.ann_file, dets, ids)["stats"]["AP"]
+
+    def conv_sqnr(self, nodes_by_group: dict) -> dict[str, float]:
+        """Mean SQNR (dB) of each group's Conv outputs in the fully quantized graph vs fp32."""
+        from harness import cache
+        from harness.measure.provenance import file_hash
+
+        qdq = self.graph(())
+        key = hashlib.sha256(json.dumps([file_hash(qdq), self.split.sha256, SQNR_IMAGES, "conv-sqnr-v1"])
+                             .encode()).hexdigest()[:24]
+
+        def build(staged: Path) -> None:
+            import numpy as np
+
+            x = np.concatenate([b[0] for b in self.split.batches])[:SQNR_IMAGES]
+            names = [n for nodes in nodes_by_group.values() for n in nodes]
+            ref = _conv_outputs(self.fp32_onnx, names, x)
+            got = _conv_outputs(qdq, names, x)
+            out = {}
+            for group, nodes in nodes_by_group.items():
+                values = [sqnr_db(ref[n], got[n]) for n in nodes if n in ref and n in got]
+                if values:
+                    out[group] = float(np.mean(values))
+            staged.write_text(json.dumps(out))
+
+        out = json.loads(cache.cached(self.folder / f"{key}.json", build).read_text())
+        return out
+
+
+def _conv_outputs(graph: Path, conv_nodes: list[str], x) -> dict:
+    """Each named Conv's output tensor, by exposing them as extra graph outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(graph))
+    wanted = set(conv_nodes)
+    tensors = {n.output[0]: n.name for n in model.graph.node if n.op_type == "Conv" and n.name in wanted}
+    existing = {o.name for o in model.graph.output}
+    for name in tensors:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    values = sess.run(list(tensors), {"images": x})
+    return {tensors[t]: v for t, v in zip(tensors, values)}
+
+
+def sqnr_db(ref, got) -> float:
+    """Signal-to-quantization-noise ratio in dB (inf when equal)."""
+    import numpy as np
+
+    ref = np.asarray(ref, dtype=np.float64)
+    noise = float(np.sum((ref - np.asarray(got, dtype=np.float64)) ** 2))
+    signal = float(np.sum(ref ** 2))
+    if noise == 0:
+        return float("inf")
+    return float(10 * np.log10(max(signal, 1e-30) / noise))
+
+
+def _min_finite(*values):
+    finite = [v for v in values if v is not None and v != float("inf")]
+    return min(finite) if finite else None
+
+
+def _cfg_repr(cfg) -> str:
+    return json.dumps(dict(cfg), sort_keys=True, default=str)
+
+
+# ---------------------------------------------------------------- analysis and search
+
+
+def analyse(ev: Evaluator, groups: dict[str, list[str]], flops: dict[str, float]) -> dict:
+    """The ranked sensitivity table: quantize-only-this and leave-this-out ΔAP, SQNR, FLOPs share."""
+    total = sum(flops.values()) or 1.0
+    all_convs = frozenset(n for nodes in groups.values() for n in nodes)
+    fp32 = ev.evaluate(None)["ap"]
+    full = ev.evaluate(frozenset())
+    loss = fp32 - full["ap"]
+    sqnr = ev.conv_sqnr({g: n for g, n in groups.items() if n})
+    rows = []
+    for group, nodes in groups.items():
+        row = {"group": group, "convs": len(nodes),
+               "flops_fraction": sum(flops.get(n, 0.0) for n in nodes) / total}
+        if not nodes:
+            row["note"] = "no Conv: never quantized (stays float)"
+            rows.append(row)
+            continue
+        only = ev.evaluate(all_convs - frozenset(nodes))
+        left_out = ev.evaluate(frozenset(nodes))
+        recovered = left_out["ap"] - full["ap"]
+        only_dap = only["ap"] - fp32
+        row.update({"only_delta_ap": only_dap, "leave_out_delta_ap": left_out["ap"] - fp32,
+                    "recovered_ap": recovered, "score": recovered - only_dap,
+                    "recovered_fraction": (recovered / loss) if loss > 0 else None,
+                    "only_output_sqnr_db": _min_finite(only.get("boxes_sqnr_db"), only.get("scores_sqnr_db")),
+                    "conv_sqnr_db": sqnr.get(group)})
+        rows.append(row)
+    # rank by both views of a group's cost: the AP its float copy recovers in the int8 graph
+    # (leave-this-out) plus the AP it loses quantized alone (quantize-only-this); either alone is
+    # noisy on a small split, and a group masked by the others' error shows up in the second
+    ranked = sorted((r for r in rows if r["convs"]), key=lambda r: (-r["score"], r["flops_fraction"]))
+    for rank, row in enumerate(ranked, 1):
+        row["rank"] = rank
+    rows = ranked + [r for r in rows if not r["convs"]]
+    return {"split": ev.split.source, "images": ev.split.images, "method": ev.method,
+            "fp32_ap": fp32, "int8_ap": full["ap"], "int8_delta_ap": -loss,
+            "int8_output_sqnr_db": _min_finite(full.get("boxes_sqnr_db"), full.get("scores_sqnr_db")),
+            "rows": rows}
+
+
+def search_mix(ev: Evaluator, table: dict, groups: dict[str, list[str]], flops: dict[str, float],
+               budget: float, min_int8_flops: float) -> dict:
+    """Groups to keep float, greedily in ranking order, until ΔAP ≥ −budget; then pruned.
+
+    A group whose float copy would drop the int8 share of conv FLOPs below
+    ``min_int8_flops`` is not taken.  When no mix meets the budget the best
+    one evaluated is kept and ``met`` is false.
+    """
+    total = sum(flops.values()) or 1.0
+    fp32 = table["fp32_ap"]
+    target = fp32 - budget
+    steps = []
+
+    def nodes_of(kept):
+        return frozenset(n for g in kept for n in groups[g])
+
+    def int8_share(kept):
+        return 1.0 - sum(flops.get(n, 0.0) for n in nodes_of(kept)) / total
+
+    def try_mix(kept, action):
+        ap = ev.evaluate(nodes_of(kept))["ap"] if kept else table["int8_ap"]
+        steps.append({"action": action, "kept_float": list(kept), "delta_ap": ap - fp32,
+                      "int8_flops_fraction": int8_share(kept)})
+        return ap
+
+    kept: list[str] = []
+    ap = try_mix(kept, "all int8")
+    best = (ap, list(kept))
+    order = [r["group"] for r in table["rows"] if r["convs"] and r.get("score", r["recovered_ap"]) > 0]
+    for group in order:
+        if ap >= target:
+            break
+        cand = kept + [group]
+        if int8_share(cand) < min_int8_flops:
+            steps.append({"action": f"skip {group}", "kept_float": cand, "delta_ap": None,
+                          "int8_flops_fraction": int8_share(cand),
+                          "reason": f"int8 share of conv FLOPs would fall below {min_int8_flops}"})
+            continue
+        cand_ap = try_mix(cand, f"keep {group} float")
+        if cand_ap > ap:  # a group that does not help stays int8
+            kept, ap = cand, cand_ap
+            if ap > best[0]:
+                best = (ap, list(kept))
+    met = ap >= target
+    if met:
+        for group in list(reversed(kept[:-1])):
+            cand = [g for g in kept if g != group]
+            cand_ap = try_mix(cand, f"prune {group} (back to int8)")
+            if cand_ap >= target:
+                kept, ap = cand, cand_ap
+        best = (ap, kept)
+    ap, kept = best
+    return {"ap_budget": budget, "min_int8_flops": min_int8_flops, "met": met,
+            "kept_float_groups": kept, "kept_float_nodes": sorted(nodes_of(kept)),
+            "int8_conv_flops_fraction": int8_share(kept), "sensitivity_delta_ap": ap - fp32,
+            "sensitivity_fp32_ap": fp32, "sensitivity_ap": ap, "search": steps,
+            **({} if met else {"note": f"no mix met the budget {budget} (ΔAP ≥ {-budget}) with at least "
+                                       f"{min_int8_flops:.0%} of conv FLOPs int8; kept the best mix found "
+                                       f"(ΔAP {ap - fp32:+.4f})"})}
+
+
+def attribution_lines(table: dict, limit: int = 3) -> list[str]:
+    """Plain sentences: how much of the int8 ΔAP each group's float copy removes (sensitivity split)."""
+    loss = -table["int8_delta_ap"]
+    if loss <= 0:
+        return [f"int8 costs no AP on the sensitivity split ({table['images']} images)"]
+    lines = []
+    rows = [r for r in table["rows"] if r.get("convs") and r.get("recovered_fraction") is not None]
+    for row in sorted(rows, key=lambda r: -r["recovered_fraction"])[:limit]:
+        lines.append(f"{row['recovered_fraction']:.0%} of the int8 ΔAP ({-loss:+.4f}) disappears when "
+                     f"{row['group']} stays float ({row['flops_fraction']:.1%} of conv FLOPs; "
+                     f"sensitivity split, {table['images']} images)")
+    return lines
+
+
+# ---------------------------------------------------------------- what a runner calls
+
+
+def int8_graph(ctx, fp32_onnx: Path, test_cfg) -> tuple[Path, dict]:
+    """The cell's int8 Q/DQ graph and its facts: plain, ranked (``sensitivity``), or mixed.
+
+    Mixed when the precision is ``int8-mixed`` or ``calibration.ap_budget`` is
+    set (budget 0.003 unless given); the ranked table and the mix go into the
+    cell's provenance (``int8_sensitivity``, ``int8_mixed``).
+    """
+    import onnx
+
+    from harness.calibration.qdq import quantize_qdq
+
+    cell = ctx.cell
+    c = cell["calibration"]
+    calib = ctx.calibration_set()
+    path, info = quantize_qdq(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir)
+    mixed = cell["precision"] == "int8-mixed" or c.get("ap_budget") is not None
+    if not (mixed or c.get("sensitivity")):
+        return path, info
+    found, where = sensitivity_images(cell, ctx.cache_dir)
+    split = build_split(found, ctx.preprocessor("cpu"), where)
+    ev = Evaluator(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir, split, test_cfg)
+    model = onnx.load(str(fp32_onnx))
+    groups = layer_groups(model)
+    flops = conv_flops(model, cell["imgsz"])
+    table = analyse(ev, groups, flops)
+    info = {**info, "int8_sensitivity": table}
+    if mixed:
+        budget = c.get("ap_budget")
+        budget = 0.003 if budget is None else budget
+        mix = search_mix(ev, table, groups, flops, budget, c.get("min_int8_flops", 0.5))
+        path, mixed_info = quantize_qdq(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir,
+                                        exclude=tuple(mix["kept_float_nodes"]))
+        info = {**mixed_info, "int8_sensitivity": table, "int8_mixed": mix}
+    info["int8_sensitivity_evaluations_run"] = ev.evaluations
+    return path, _finite(info)
+
+
+def _finite(obj):
+    """JSON-safe: infinite SQNR (identical tensors) becomes None."""
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj

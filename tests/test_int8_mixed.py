@@ -1,0 +1,403 @@
+"""AP-aware int8 (#18): layer groups, the budget search, the sensitivity split's errors, and the
+mixed Q/DQ graph that ONNX Runtime runs and TensorRT-RTX builds."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import has_module, run_cli
+from harness.errors import UserError
+
+needs_onnx = pytest.mark.skipif(not has_module("onnx"), reason="needs onnx")
+needs_stack = pytest.mark.skipif(
+    not (has_module("mmyolo") and has_module("onnxruntime") and has_module("cv2")),
+    reason="needs the mmyolo stack, onnxruntime and opencv")
+needs_rtx = pytest.mark.skipif(not has_module("tensorrt_rtx_bindings"),
+                               reason="needs TensorRT-RTX (extra tensorrt-rtx)")
+
+
+def _graph(names):
+    nodes = [SimpleNamespace(op_type="Conv", name=n) for n in names]
+    nodes.append(SimpleNamespace(op_type="Softmax", name="/Softmax"))
+    return SimpleNamespace(graph=SimpleNamespace(node=nodes))
+
+
+def test_layer_groups_split_backbone_neck_head_branches_and_decode():
+    from harness.calibration.sensitivity import layer_groups
+
+    names = ["/backbone/stem/conv/Conv", "/backbone/stage1/stage1.0/conv/Conv",
+             "/backbone/stage1/stage1.1/blocks.0/conv1/conv/Conv",
+             "/neck/top_down_layers.0/main_conv/conv/Conv", "/neck/bottom_up_layers.1/final_conv/conv/Conv",
+             "/bbox_head/head_module/cls_preds.0/cls_preds.0.0/conv/Conv",
+             "/bbox_head/head_module/cls_preds.0/cls_preds.0.2/Conv",
+             "/bbox_head/head_module/cls_preds.1/cls_preds.1.0/conv/Conv",
+             "/bbox_head/head_module/cls_preds.1/cls_preds.1.2/Conv",
+             "/bbox_head/head_module/reg_preds.0/reg_preds.0.2/Conv", "/Conv_decode"]
+    groups = layer_groups(_graph(names))
+    assert list(groups) == ["backbone.stem", "backbone.stage1", "neck.top_down_layers",
+                            "neck.bottom_up_layers", "head.cls_preds.convs", "head.cls_preds.pred",
+                            "head.reg_preds.pred", "decode"]
+    assert groups["backbone.stage1"] == names[1:3]
+    assert groups["head.cls_preds.pred"] == [names[6], names[8]]  # the last conv of each level
+    assert groups["head.cls_preds.convs"] == [names[5], names[7]]
+    assert groups["decode"] == ["/Conv_decode"]
+
+
+class FakeEvaluator:
+    """AP = fp32 minus the loss of every group still int8 (additive), no ONNX involved."""
+
+    def __init__(self, losses, groups, fp32=0.60):
+        self.losses, self.groups, self.fp32, self.calls = losses, groups, fp32, []
+
+    def evaluate(self, exclude):
+        self.calls.append(exclude)
+        if exclude is None:
+            return {"ap": self.fp32}
+        float_groups = {g for g, nodes in self.groups.items() if nodes and set(nodes) <= set(exclude)}
+        return {"ap": self.fp32 - sum(v for g, v in self.losses.items() if g not in float_groups)}
+
+
+def _fixture_search(budget, min_int8_flops, losses, ranking=None):
+    from harness.calibration.sensitivity import search_mix
+
+    groups = {"backbone": ["b1", "b2"], "neck": ["n1"], "head.pred": ["h1"], "decode": []}
+    flops = {"b1": 50.0, "b2": 30.0, "n1": 15.0, "h1": 5.0}
+    ev = FakeEvaluator(losses, groups)
+    full = ev.fp32 - sum(losses.values())
+    rows = []
+    for g, nodes in groups.items():
+        if nodes:
+            rows.append({"group": g, "convs": len(nodes), "recovered_ap": (ranking or losses)[g]})
+    rows.sort(key=lambda r: -r["recovered_ap"])
+    table = {"fp32_ap": ev.fp32, "int8_ap": full, "rows": rows + [{"group": "decode", "convs": 0}]}
+    return search_mix(ev, table, groups, flops, budget, min_int8_flops)
+
+
+def test_search_keeps_the_fewest_groups_float_within_the_budget():
+    mix = _fixture_search(0.003, 0.5, {"backbone": 0.001, "neck": 0.004, "head.pred": 0.006})
+    assert mix["met"] and mix["kept_float_groups"] == ["head.pred", "neck"]
+    assert mix["sensitivity_delta_ap"] == pytest.approx(-0.001)
+    assert mix["int8_conv_flops_fraction"] == pytest.approx(0.80)
+    assert mix["kept_float_nodes"] == ["h1", "n1"]
+    assert "note" not in mix
+
+
+def test_search_stops_as_soon_as_the_budget_is_met():
+    mix = _fixture_search(0.004, 0.0, {"backbone": 0.0025, "neck": 0.001, "head.pred": 0.006})
+    assert mix["met"] and mix["kept_float_groups"] == ["head.pred"]
+    assert [s["action"] for s in mix["search"]] == ["all int8", "keep head.pred float"]
+
+
+def test_search_prunes_a_group_that_is_no_longer_needed():
+    # the ranking overrates the head (0.006 measured alone, 0.0005 in the mix): greedy keeps head
+    # then neck float; pruning gives the head back to int8 because neck alone meets the budget
+    mix = _fixture_search(0.0016, 0.0, {"backbone": 0.001, "neck": 0.004, "head.pred": 0.0005},
+                          ranking={"backbone": 0.001, "neck": 0.004, "head.pred": 0.006})
+    assert mix["met"] and mix["kept_float_groups"] == ["neck"]
+    assert mix["search"][-1]["action"] == "prune head.pred (back to int8)"
+    assert mix["sensitivity_delta_ap"] == pytest.approx(-0.0015)
+
+
+def test_unreachable_budget_says_so_and_keeps_the_best_mix():
+    # keeping the backbone float would leave only 20 % of conv FLOPs int8 (< 50 %): not allowed
+    mix = _fixture_search(0.0, 0.5, {"backbone": 0.01, "neck": 0.002, "head.pred": 0.001})
+    assert not mix["met"]
+    assert mix["kept_float_groups"] == ["neck", "head.pred"]  # the best mix evaluated
+    assert mix["sensitivity_delta_ap"] == pytest.approx(-0.01)
+    assert "no mix met the budget 0.0" in mix["note"] and "kept the best mix found" in mix["note"]
+    assert any(s.get("reason", "").startswith("int8 share of conv FLOPs would fall below")
+               for s in mix["search"])
+
+
+def test_attribution_sentence_names_the_group_and_share():
+    from harness.calibration.sensitivity import attribution_lines
+
+    table = {"int8_delta_ap": -0.010, "images": 64,
+             "rows": [{"group": "backbone.stage2", "convs": 7, "recovered_fraction": 0.72,
+                       "flops_fraction": 0.078}]}
+    assert attribution_lines(table) == [
+        "72% of the int8 ΔAP (-0.0100) disappears when backbone.stage2 stays float (7.8% of conv "
+        "FLOPs; sensitivity split, 64 images)"]
+
+
+# ---------------------------------------------------------------- bad input: the sensitivity split
+
+
+def _matrix(tmp_path, calibration: str):
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        "models: [{name: yolov8_n, checkpoint: random}]\nbackends: [onnxruntime]\n"
+        "precisions: [int8-mixed]\ndataset: {synth: {images: 4, seed: 2, size: 64}}\n"
+        f"calibration: {calibration}\n")
+    return path
+
+
+def test_too_small_sensitivity_split_is_one_clear_error(tmp_path):
+    r = run_cli("plan", _matrix(tmp_path, "{sensitivity_images: 4}"), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
+    assert len(lines) == 1 and "calibration" in lines[0] and "sensitivity_images is 4" in lines[0]
+    assert not list(tmp_path.glob("*.db"))
+
+
+def test_sensitivity_split_equal_to_calibration_split_is_refused(tmp_path):
+    r = run_cli("plan", _matrix(tmp_path, "{seed: 3, sensitivity_seed: 3}"), cwd=tmp_path)
+    assert r.returncode == 2 and "sensitivity_seed 3 equals calibration.seed" in r.stderr + r.stdout
+
+
+@pytest.mark.skipif(not has_module("cv2"), reason="needs opencv")
+def test_empty_sensitivity_split_after_limit_names_the_setting(tmp_path, synth_val):
+    from harness.calibration.sensitivity import sensitivity_images
+
+    images, ann = synth_val  # 6 images: 4 evaluated, 2 calibration, none left for sensitivity
+    cell = {"calibration": {"images": 2, "seed": 3, "sensitivity_images": 64, "sensitivity_seed": 5,
+                            "sensitivity_source": None},
+            "dataset": {"images": str(images), "annotations": str(ann), "limit": 4}}
+    with pytest.raises(UserError, match=r"calibration.sensitivity_images: the sensitivity split .* has 0 "
+                                        r"images, fewer than 8"):
+        sensitivity_images(cell, tmp_path)
+
+
+def test_sensitivity_seed_equal_to_evaluation_seed_is_refused(tmp_path):
+    from harness.calibration.sensitivity import sensitivity_images
+
+    cell = {"calibration": {"images": 2, "seed": 3, "sensitivity_images": 16, "sensitivity_seed": 2,
+                            "sensitivity_source": None},
+            "dataset": {"synth": {"images": 4, "seed": 2, "size": 64}}}
+    with pytest.raises(UserError, match="calibration.sensitivity_seed 2 equals the evaluation seed"):
+        sensitivity_images(cell, tmp_path)
+
+
+# ---------------------------------------------------------------- the mixed graph itself
+
+
+@pytest.fixture(scope="module")
+def mixed_graph(tmp_path_factory):
+    """yolov8_n (random weights, 64 px): its export, the full Q/DQ graph and a mix with the
+    stem and both prediction convs kept float."""
+    import onnx
+
+    from harness import matrix as mx
+    from harness.calibration.qdq import quantize_qdq
+    from harness.calibration.sensitivity import layer_groups
+    from harness.data.datasets import resolve_dataset
+    from harness.export.loader import export_for_cell
+    from harness.runner.context import CellContext
+
+    tmp = tmp_path_factory.mktemp("mixed")
+    m = mx.parse({"models": [{"name": "yolov8_n", "checkpoint": "random"}], "backends": ["onnxruntime"],
+                  "precisions": ["int8-mixed"], "image_sizes": [64],
+                  "dataset": {"synth": {"images": 2, "seed": 2, "size": 96}},
+                  "calibration": {"images": 2, "seed": 3}})
+    cell = {**mx.expand(m)[0], "dataset": resolve_dataset(m.dataset, tmp)}
+    ctx = CellContext(cell, tmp, tmp)
+    onnx_path, _ = export_for_cell(ctx, ctx.build_model("cpu"))
+    groups = layer_groups(onnx.load(str(onnx_path)))
+    kept = groups["backbone.stem"] + groups["head.cls_preds.pred"] + groups["head.reg_preds.pred"]
+    calib = ctx.calibration_set()
+    full, info_full = quantize_qdq(onnx_path, calib, "minmax", 99.99, tmp)
+    mixed, info = quantize_qdq(onnx_path, calib, "minmax", 99.99, tmp, exclude=tuple(kept))
+    return SimpleNamespace(fp32=onnx_path, full=full, mixed=mixed, kept=kept, groups=groups,
+                           info=info, info_full=info_full, calib=calib)
+
+
+def _dq_fed(path):
+    """Conv node name -> whether its data input comes from a DequantizeLinear."""
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    producer = {o: n.op_type for n in g.node for o in n.output}
+    return {n.name: producer.get(n.input[0]) == "DequantizeLinear" for n in g.node if n.op_type == "Conv"}
+
+
+@needs_stack
+def test_mixed_qdq_leaves_exactly_the_kept_convs_float(mixed_graph):
+    fed = _dq_fed(mixed_graph.mixed)
+    assert {n for n, q in fed.items() if not q} == set(mixed_graph.kept)
+    assert all(_dq_fed(mixed_graph.full).values())
+    assert mixed_graph.info["calibration_cache_sha256"] == mixed_graph.info_full["calibration_cache_sha256"]
+    assert mixed_graph.info["settings"]["extra_options"]["ActivationSymmetric"]  # TensorRT settings
+
+
+@needs_stack
+def test_onnxruntime_runs_the_mixed_graph_closer_to_fp32(mixed_graph):
+    import numpy as np
+    import onnxruntime as ort
+
+    from harness.calibration.sensitivity import sqnr_db
+
+    x = mixed_graph.calib.batches[0]
+    out = {}
+    for name in ("fp32", "full", "mixed"):
+        sess = ort.InferenceSession(str(getattr(mixed_graph, name)), providers=["CPUExecutionProvider"])
+        out[name] = sess.run(None, {"images": x})
+    assert out["mixed"][0].shape == out["fp32"][0].shape and np.isfinite(out["mixed"][1]).all()
+    assert sqnr_db(out["fp32"][1], out["mixed"][1]) > sqnr_db(out["fp32"][1], out["full"][1])
+
+
+@needs_stack
+@needs_rtx
+def test_tensorrt_rtx_builds_the_mixed_graph(mixed_graph):
+    from harness.trt import build_engine, check_graph, detect
+
+    rtx = detect(prefer="tensorrt_rtx")
+    assert check_graph(mixed_graph.mixed, rtx, "int8") == []
+    r = build_engine(mixed_graph.mixed, flavour=rtx, precision="int8", profile=(1, 1, 1))
+    assert r.engine_size > 0 and r.typing == "strong"
+    precisions = set(r.layer_precisions.values())
+    assert "int8" in precisions and "fp32" in precisions, r.layer_precisions
+
+
+@needs_stack
+def test_conv_flops_of_the_export_sum_over_groups(mixed_graph):
+    import onnx
+
+    from harness.calibration.sensitivity import conv_flops
+
+    flops = conv_flops(onnx.load(str(mixed_graph.fp32)), 64)
+    assert set(flops) == {n for nodes in mixed_graph.groups.values() for n in nodes}
+    assert all(v > 0 for v in flops.values())
+    stem = flops[mixed_graph.groups["backbone.stem"][0]]
+    # yolov8_n stem: 3->16 channels, 3x3, stride 2 at 64 px -> 32x32 outputs
+    assert stem == 2 * 16 * 3 * 9 * 32 * 32
+
+
+def test_mse_threshold_clips_a_rare_outlier_but_not_a_uniform_range():
+    import numpy as np
+
+    from harness.calibration.qdq import mse_thresholds
+
+    edges = np.linspace(0, 100, 2049)
+    outlier = np.zeros(2048)
+    outlier[:20] = 100_000  # |x| <= ~1 almost always: their rounding error outweighs clipping one
+    outlier[-1] = 1  # one value near 100
+    uniform = np.full(2048, 10.0)
+    t = mse_thresholds({"outlier": (outlier, edges, 0, 100), "uniform": (uniform, edges, 0, 100)})
+    assert float(t["outlier"][1]) < 20 and float(t["outlier"][0]) == -float(t["outlier"][1])
+    assert float(t["uniform"][1]) > 90
+
+
+def _provenance():
+    table = {"split": "synth seed 5", "images": 64, "method": "minmax", "fp32_ap": 0.59,
+             "int8_ap": 0.58, "int8_delta_ap": -0.01, "int8_output_sqnr_db": 20.0,
+             "rows": [{"group": "backbone.stage2", "convs": 7, "flops_fraction": 0.078, "rank": 1,
+                       "only_delta_ap": -0.003, "leave_out_delta_ap": -0.004, "recovered_ap": 0.006,
+                       "recovered_fraction": 0.6, "conv_sqnr_db": 23.5, "only_output_sqnr_db": 25.8},
+                      {"group": "decode", "convs": 0, "flops_fraction": 0.0, "note": "no Conv"}]}
+    mix = {"ap_budget": 0.003, "met": True, "kept_float_groups": ["backbone.stage2"],
+           "kept_float_nodes": ["a", "b"], "int8_conv_flops_fraction": 0.922,
+           "sensitivity_delta_ap": -0.002, "search": []}
+    return {"int8_sensitivity": table, "int8_mixed": mix}
+
+
+def test_compare_prints_the_ranked_table_and_the_mix(capsys):
+    from harness.runner.compare import int8_layers, print_table
+
+    layers = int8_layers(_provenance())
+    assert layers["mixed"]["kept_float_convs"] == 2 and "kept_float_nodes" not in layers["mixed"]
+    assert layers["attribution"][0].startswith("60% of the int8 ΔAP (-0.0100) disappears when backbone.stage2")
+    record = {"cell": "m/onnxruntime/int8-mixed/b1", "reference": "m/pytorch/fp32/b1", "status": "ok",
+              "int8_layers": layers}
+    print_table("r1", [record])
+    out = capsys.readouterr().out
+    assert "int8 sensitivity per layer group (ranked)" in out and "backbone.stage2" in out
+    assert "budget 0.003 met" in out and "92.2% of conv FLOPs int8" in out
+    assert "no Conv" not in out and "decode" in out  # decode listed, never quantized
+
+
+def test_no_table_for_cells_without_sensitivity():
+    from harness.runner.compare import int8_layers
+
+    assert int8_layers({"calibration_method": "minmax"}) is None
+
+
+@needs_stack
+@pytest.mark.slow
+def test_onnxruntime_int8_mixed_cell_end_to_end(tmp_path):
+    """The runner path on the trained fixture (160 px, tiny splits): ranked table, mix, one graph."""
+    from harness import matrix as mx
+    from harness.backends.onnxruntime import OnnxRuntimeRunner
+    from harness.data.datasets import resolve_dataset
+    from harness.runner.context import CellContext
+
+    from conftest import ROOT
+
+    fixture = ROOT / "fixtures/yolov8_synth"
+    m = mx.parse({"models": [{"name": "fx", "config": str(fixture / "config.py"),
+                              "checkpoint": str(fixture / "yolov8_synth.pth")}],
+                  "backends": ["onnxruntime"], "precisions": ["int8-mixed"], "image_sizes": [160],
+                  "dataset": {"synth": {"images": 4, "seed": 2, "size": 160}},
+                  "calibration": {"images": 4, "seed": 3, "sensitivity_images": 8, "sensitivity_seed": 5,
+                                  "ap_budget": 0.0, "min_int8_flops": 0.0}})
+    cell = {**mx.expand(m)[0], "dataset": resolve_dataset(m.dataset, tmp_path)}
+    runner = OnnxRuntimeRunner(cell, CellContext(cell, tmp_path, tmp_path))
+    runner.load()
+    facts = runner.info.facts
+    table, mix = facts["int8_sensitivity"], facts["int8_mixed"]
+    groups = [r["group"] for r in table["rows"]]
+    assert {"backbone.stem", "neck.top_down_layers", "head.cls_preds.pred", "decode"} <= set(groups)
+    assert [r["rank"] for r in table["rows"] if r["convs"]] == list(range(1, len(groups)))
+    assert table["images"] == 8 and "synth seed 5" in table["split"]
+    assert mix["met"] == (mix["sensitivity_delta_ap"] >= -0.0)
+    fed = _dq_fed(facts["model_file"])
+    assert {n for n, q in fed.items() if not q} == set(mix["kept_float_nodes"])
+    if not mix["met"]:
+        assert any("kept the best mix found" in w for w in runner.info.warnings)
+    runner.close()
+
+
+@pytest.mark.skipif(not (has_module("streamlit") and has_module("plotly")), reason="needs the dashboard extra")
+def test_dashboard_alignment_page_shows_the_int8_table(tmp_path, monkeypatch):
+    """A stored int8-mixed cell with its alignment record, on the dashboard's alignment page."""
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+    from harness.runner.compare import int8_layers
+    from harness.store import Store
+
+    url = f"sqlite:///{tmp_path / 'int8.db'}"
+    key = "m/onnxruntime/int8-mixed/b1/s320/cpu/nms-none"
+    axes = {"model": "m", "backend": "onnxruntime", "precision": "int8-mixed", "batch": 1, "imgsz": 320,
+            "device": "cpu", "nms": "none"}
+    with Store(url) as store:
+        run_id = store.create_run(name="int8", matrix_path=None, matrix_hash="0", matrix_yaml="",
+                                  git_sha=None, detbench_version="0", environment={},
+                                  cells=[{"key": key, "position": 0, **axes, "params": {}}])
+        cell = store.cells(run_id)[0]
+        store.record_result(cell.id, status="ok", metrics={"AP": 0.6067}, provenance=_provenance())
+        store.record_alignment(cell.id, {"cell": key, "reference": "m/pytorch/fp32/b1/s320/cpu/nms-none",
+                                         "status": "ok", "missing": 3, "extra": 2,
+                                         "int8_layers": int8_layers(_provenance())})
+    monkeypatch.setenv("DETBENCH_DB", url)
+    at = AppTest.from_file(str(ROOT / "dashboard/app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("views/alignment.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "int8 sensitivity per layer group" in [s.value for s in at.subheader]
+    text = "\n".join(str(e.value) for kind in ("markdown", "caption") for e in at.get(kind))
+    assert "92.2% of conv FLOPs int8" in text and "disappears when backbone.stage2 stays float" in text
+    assert any("group" in df.value and "backbone.stage2" in df.value["group"].tolist() for df in at.dataframe)
+
+
+@needs_stack
+@needs_rtx
+@pytest.mark.slow
+def test_tensorrt_runner_builds_an_int8_mixed_cell(tmp_path):
+    """The TensorRT runner's int8-mixed path: sensitivity, mix, one Q/DQ graph, RTX engine."""
+    from harness import matrix as mx
+    from harness.backends.tensorrt import TensorRTRunner
+    from harness.data.datasets import resolve_dataset
+    from harness.runner.context import CellContext
+
+    m = mx.parse({"models": [{"name": "yolov8_n", "checkpoint": "random"}], "backends": ["tensorrt"],
+                  "precisions": ["int8-mixed"], "image_sizes": [64], "devices": ["cuda"],
+                  "dataset": {"synth": {"images": 2, "seed": 2, "size": 96}},
+                  "calibration": {"images": 2, "seed": 3, "sensitivity_images": 8}})
+    cell = {**mx.expand(m)[0], "dataset": resolve_dataset(m.dataset, tmp_path)}
+    assert cell["skip_reason"] is None
+    runner = TensorRTRunner(cell, CellContext(cell, tmp_path, tmp_path))
+    runner.build()
+    facts = runner.info.facts
+    assert "int8_mixed" in facts and facts["int8_sensitivity"]["rows"]
+    assert facts["engine"]["engine_size"] > 0 and facts["engine"]["typing"] == "strong"
