@@ -330,7 +330,7 @@ def prepared(ids):
         inputs[i] = float(image_id)
     metas = [{"ori_shape": (100, 100), "img_shape": (H, W), "scale_factor": (1.0, 1.0),
               "pad_param": [0, 0, 0, 0]} for _ in ids]
-    return types.SimpleNamespace(inputs=inputs, metas=metas)
+    return types.SimpleNamespace(inputs=inputs, metas=metas, image_ids=list(ids))
 
 
 @pytest.fixture
@@ -340,16 +340,33 @@ def setup(monkeypatch, tmp_path, tiny_onnx):
 
 # --------------------------------------------------------------------------- the tests
 
-def test_short_last_chunk_of_the_accuracy_pass_is_inside_the_profile(setup):
-    """Item 1: 20 images at batch 8 with batch_sizes [8] end with a chunk of 4."""
-    from harness.runner.worker import _infer_all
+def test_short_last_chunk_of_the_accuracy_pass_is_inside_the_profile(setup, monkeypatch):
+    """Item 1: 20 images at batch 8 with batch_sizes [8] end with a chunk of 4.
 
+    The worker's streaming accuracy pass is run with the batches a BatchStream yields for
+    20 images at batch 8 (8, 8, 4): the engine profile must take the short last chunk.
+    """
+    import harness.models.stream as stream_mod
+    from harness.runner.worker import _infer_stream
+
+    class Chunks:  # BatchStream's batching (contiguous, in order, last one short), no decoding
+        def __init__(self, dataset, pre, batch, device, cache=None, **kw):
+            self.ids, self.batch, self.stats = [im.id for im in dataset.images], batch, {}
+
+        def __iter__(self):
+            for start in range(0, len(self.ids), self.batch):
+                yield prepared(self.ids[start:start + self.batch])
+
+    monkeypatch.setattr(stream_mod, "BatchStream", Chunks)
     runner = setup.runner(batch=8, batch_axis=(8,))
     runner.load()
     assert setup.builds[0]["profile"][0] == 1 and tuple(setup.builds[0]["profile"][1:]) == (8, 8)
     ids = list(range(20))
-    ctx = types.SimpleNamespace(cell=runner.cell, dataset=types.SimpleNamespace(category_ids=[1, 2, 3]))
-    dets, dropped = _infer_all(runner, lambda imgs, chunk_ids: prepared(chunk_ids), ids, ids, ctx)
+    dataset = types.SimpleNamespace(category_ids=[1, 2, 3],
+                                    images=[types.SimpleNamespace(id=i) for i in ids])
+    ctx = types.SimpleNamespace(cell={**runner.cell, "alignment": {"images": 0}}, dataset=dataset,
+                                input_cache=lambda pre: None)
+    dets, dropped, _, _ = _infer_stream(runner, None, ctx)
     assert dropped == 0
     assert [d["image_id"] for d in dets] == ids  # every image once, the last four included
     for d in dets:

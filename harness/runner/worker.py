@@ -82,7 +82,8 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
     import torch  # noqa: F401 - every runner needs it; timed apart from the rest of the load
 
     t1 = time.perf_counter()
-    ctx.cfg  # mm* imports, module registration, the model config
+    if not ctx.is_onnx_source:  # an ONNX model has no mmyolo config
+        ctx.cfg  # mm* imports, module registration, the model config
     t2 = time.perf_counter()
     dataset = ctx.dataset
     runner = BACKENDS[cell["backend"]].load_runner_class()(cell, ctx)
