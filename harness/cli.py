@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", metavar="RUN_ID", help="finish the unfinished cells of a run")
     sp.add_argument("--force", action="store_true", help="with --resume: rerun finished cells too")
     sp.add_argument("--cache-dir", default=os.environ.get("DETBENCH_CACHE", ".detbench"))
+    sp.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="where cells run: here, one after another (local), or as Ray tasks (ray)")
+    sp.add_argument("--address", help="with --executor ray: auto (a cluster this machine belongs to), "
+                    "ray://HOST:10001 or HOST:6379; default: start Ray on this machine")
+    sp.add_argument("--cpus-per-cell", type=float, default=1.0,
+                    help="with --executor ray: CPUs each cell reserves (CPU cells' threads)")
     sp = cmd("list", "runs in the store")
     sp.add_argument("--json", action="store_true")
     sp = cmd("show", "every cell of a run with its metrics")
@@ -109,20 +115,34 @@ def _availability() -> dict:
 def cmd_run(args) -> int:
     from harness.cli_views import RunProgress, print_summary
     from harness.runner import orchestrator
+    from harness.store.engine import shown
 
     if bool(args.matrix) == bool(args.resume):
         raise UserError("give a matrix file to start a run, or --resume RUN_ID to finish one")
     if args.force and not args.resume:
         raise UserError("--force reruns the cells of an existing run: use it with --resume RUN_ID")
+    executor = _executor(args)
     store = _store(args)
     cache = Path(args.cache_dir).resolve()
     run_id = store.get_run(args.resume).id if args.resume else orchestrator.create_run(store, args.matrix, cache)
-    print(f"run {run_id}  (store {args.db})", file=sys.stderr)
+    print(f"run {run_id}  (store {shown(args.db)})", file=sys.stderr)
     with RunProgress() as progress:
-        orchestrator.execute(store, run_id, cache, force=args.force, on_event=progress.event)
+        orchestrator.execute(store, run_id, cache, force=args.force, on_event=progress.event,
+                             executor=executor)
     cells = store.cells(run_id)
     print_summary(store.get_run(run_id), cells)
     return EXIT_FAILED_CELLS if any(c.status == "failed" for c in cells) else EXIT_OK
+
+
+def _executor(args):
+    """The Ray executor, connected (after checking the store answers, so nothing is written
+    when either is unreachable); None for the local executor."""
+    from harness.runner import executors
+    from harness.store.engine import check_reachable
+
+    if args.executor == "ray":
+        check_reachable(args.db)
+    return executors.make(args.executor, address=args.address, cpus_per_cell=args.cpus_per_cell)
 
 
 def cmd_list(args) -> int:

@@ -5,6 +5,13 @@ default in SQLite, and the cascades depend on them) and a long busy timeout
 (runner and dashboard are separate processes contending for the write lock).
 A read-only engine opens the file with ``mode=ro`` so that no code path, ours
 or SQLAlchemy's, can create or change the database.
+
+PostgreSQL (``postgresql+psycopg://``, the shared store of fleet runs): the
+server is asked once at open, so an unreachable one is a one-line user error
+before anything happens; connections are pinged before use (a night-long run
+outlives idle connections); a read-only engine opens read-only transactions;
+and migrations take an advisory lock, so two runs starting on an empty
+database do not both create the schema.
 """
 import json
 import math
@@ -14,14 +21,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import QueuePool
 
 from harness.errors import UserError
 
 BUSY_TIMEOUT_S = 30.0
+PG_CONNECT_TIMEOUT_S = 10
+#: pg_advisory_xact_lock key held while a migration runs (any constant; 'detbench' in ASCII)
+PG_MIGRATION_LOCK = 0x6465746265
 
 
 def parse_url(url: str) -> URL:
@@ -53,6 +63,8 @@ def open_engine(url: str, *, create: bool, readonly: bool) -> Engine:
         if readonly or not create:
             raise UserError(f"database {url} does not exist: run `detbench run` first to create it")
         path.parent.mkdir(parents=True, exist_ok=True)
+    if parsed.get_backend_name() == "postgresql":
+        return _postgres_engine(parsed, readonly=readonly)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, json_serializer=dumps)
     if readonly and path is not None:
@@ -64,6 +76,57 @@ def open_engine(url: str, *, create: bool, readonly: bool) -> Engine:
     event.listen(engine, "connect", _pragma_hook(wal=path is not None and not readonly,
                                                  readonly=readonly))
     return engine
+
+
+def check_reachable(url: str) -> None:
+    """UserError unless a server-backed store answers now; touches nothing (no file, no schema)."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return
+    open_engine(url, create=False, readonly=True).dispose()
+
+
+def shown(url: URL | str) -> str:
+    """A URL as it may appear in messages and logs: the password masked."""
+    return (url if isinstance(url, URL) else parse_url(url)).render_as_string(hide_password=True)
+
+
+def _postgres_engine(url: URL, *, readonly: bool) -> Engine:
+    """A psycopg 3 engine, checked to answer now (UserError naming the server if not)."""
+    if url.drivername == "postgresql":  # SQLAlchemy's default driver would be psycopg2
+        url = url.set(drivername="postgresql+psycopg")
+    if url.drivername != "postgresql+psycopg":
+        raise UserError(f"database {shown(url)}: detbench speaks to PostgreSQL through psycopg 3; "
+                        f"write the URL as postgresql+psycopg://...")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"database {shown(url)} needs the psycopg package: "
+                        "pip install 'detbench[postgres]'") from exc
+    connect_args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    if readonly:
+        connect_args["options"] = "-c default_transaction_read_only=on"
+    engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True,
+                           json_serializer=dumps)
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        engine.dispose()
+        raise UserError(f"database {shown(url)} is unreachable ({_first_line(exc.orig or exc)}): "
+                        "start PostgreSQL there, create the database, or fix --db") from None
+    return engine
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def migration_lock(conn: Connection) -> None:
+    """Serialise schema creation and upgrades between processes (PostgreSQL; SQLite locks the file)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK})
 
 
 def _readonly_connector(path: Path) -> Any:
