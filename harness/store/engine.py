@@ -108,6 +108,7 @@ def _postgres_engine(url: URL, *, readonly: bool) -> Engine:
         connect_args["options"] = "-c default_transaction_read_only=on"
     engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True,
                            json_serializer=dumps)
+    event.listen(engine, "before_cursor_execute", _without_nul, retval=True)
     try:
         with engine.connect():
             pass
@@ -121,6 +122,19 @@ def _postgres_engine(url: URL, *, readonly: bool) -> Engine:
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
+
+
+def _without_nul(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+                 executemany: bool) -> tuple[str, Any]:
+    """PostgreSQL text cannot hold NUL, which a crashed worker's log tail may: drop it, don't fail."""
+    def clean(params: Any) -> Any:
+        if isinstance(params, dict):
+            return {k: v.replace("\x00", "") if isinstance(v, str) else v for k, v in params.items()}
+        return params
+
+    if isinstance(parameters, (list, tuple)) and parameters and isinstance(parameters[0], dict):
+        return statement, [clean(p) for p in parameters]
+    return statement, clean(parameters)
 
 
 def migration_lock(conn: Connection) -> None:
