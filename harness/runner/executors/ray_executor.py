@@ -27,8 +27,8 @@ from harness.runner.executors.ray_task import Progress, run_cell
 
 PROBE_TIMEOUT_S = 5.0
 NODE_RECHECK_S = 10.0
-#: never forwarded to tasks: a worker gets no store URL (it may hold credentials)
-_PRIVATE_ENV = ("DETBENCH_DB",)
+#: never forwarded to tasks: no store URL (it may hold credentials), no driver-local cache path
+_PRIVATE_ENV = ("DETBENCH_DB", "DETBENCH_CACHE")
 
 
 def connect(address: Optional[str]) -> None:
@@ -125,7 +125,9 @@ class RayExecutor:
     def _submit(self, todo: list, progress) -> dict:
         import ray
 
-        task = ray.remote(run_cell)
+        # max_calls can only be fixed when the remote function is made, not per call
+        tasks = {"cpu": ray.remote(max_retries=0)(run_cell),
+                 "gpu": ray.remote(num_gpus=1, max_calls=1, max_retries=0)(run_cell)}
         env = {k: v for k, v in os.environ.items()
                if k.startswith("DETBENCH_") and k not in _PRIVATE_ENV}
         nodes = _alive_nodes()
@@ -135,12 +137,9 @@ class RayExecutor:
             if reason:
                 self._finish(_Cell(cell), {"status": "skipped", "error": reason, "duration_s": 0.0})
                 continue
-            options = {"num_cpus": self.cpus_per_cell, "max_retries": 0,
-                       "name": f"detbench:{cell.key}"}
-            if cell.device.startswith("cuda"):
-                options.update(num_gpus=1, max_calls=1)
-            ref = task.options(**options).remote(self._run_id, cell.id, cell.key, dict(cell.params),
-                                                  str(self._cache), env, progress)
+            task = tasks["gpu" if cell.device.startswith("cuda") else "cpu"]
+            ref = task.options(num_cpus=self.cpus_per_cell, name=f"detbench:{cell.key}").remote(
+                self._run_id, cell.id, cell.key, dict(cell.params), str(self._cache), env, progress)
             pending[ref] = _Cell(cell)
         return pending
 
