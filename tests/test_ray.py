@@ -52,6 +52,7 @@ def cluster(tmp_path_factory):
     node_cache = tmp_path_factory.mktemp("node_cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "disabled")  # Ray >= 2.5x: token auth by default
+        mp.setenv("RAY_worker_niceness", "0")  # as the executor's own local start: cells not niced
         mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         mp.setenv("DETBENCH_CACHE", str(node_cache))  # inherited by the Ray workers only
         ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
@@ -100,7 +101,7 @@ def test_gpu_cells_get_distinct_gpus_and_the_cell_timeout_holds(cluster, tmp_pat
     nodes = [c.provenance["executor"] for c in cells]
     assert sorted(n["cuda_visible_devices"] for n in nodes) == ["0", "1"], nodes
     assert all(n["gpu_ids"] == [n["cuda_visible_devices"]] for n in nodes)
-    assert all(n["planned_device"] == "cuda" for n in nodes)
+    assert all(n["planned_device"] == "cuda" and n["niceness"] == 0 for n in nodes)
     first, second = sorted(nodes, key=lambda n: n["started_at"])
     assert second["started_at"] < first["started_at"] + 10, "the two cells did not overlap"
 
@@ -195,6 +196,7 @@ def _wait_for_first_ok(tmp_path, proc, timeout=300):
 
 
 @needs_mmyolo
+@pytest.mark.slow
 @pytest.mark.skipif(not has_module("onnxruntime"), reason="needs onnxruntime (extra 'onnx')")
 def test_fixture_matrix_through_ray_equals_local(cluster, tmp_path):
     """The demo's trained fixture (PyTorch reference + ONNX Runtime, few images) run locally and
@@ -269,3 +271,27 @@ def test_address_without_the_ray_executor_is_refused(tmp_path):
     r = run_cli("run", "m.yaml", "--address", "auto", cwd=tmp_path)
     assert r.returncode == 2 and "--address auto is for --executor ray" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.yaml"]
+
+
+def test_a_waiting_cell_whose_last_fitting_node_left_is_skipped(monkeypatch):
+    """A GPU cell still queued when the cluster's only GPU node leaves: skipped, its task cancelled."""
+    from types import SimpleNamespace
+
+    from harness.runner.executors import ray_executor
+
+    cancelled, recorded = [], []
+    monkeypatch.setattr(ray, "cancel", lambda ref, **kw: cancelled.append(ref))
+    monkeypatch.setattr(ray_executor, "_alive_nodes", lambda: [{"CPU": 4.0}])
+    store = SimpleNamespace(record_result=lambda cell_id, **kw: recorded.append((cell_id, kw)),
+                            mark_running=lambda cell_id: pytest.fail("a skipped cell never ran"))
+    executor = RayExecutor()
+    executor._store, executor._run_id, executor._cache = store, "r1", Path("/nonexistent")
+    executor._on_event, executor._outcomes = lambda kind, data: None, []
+    waiting = ray_executor._Cell(SimpleNamespace(id=7, key="m/pytorch/fp32/b1/s64/cuda/nms-none",
+                                                 device="cuda"))
+    running = ray_executor._Cell(SimpleNamespace(id=8, key="k8", device="cuda"), running=True)
+    pending = {"ref7": waiting, "ref8": running}
+    executor._drop_infeasible(pending)
+    assert cancelled == ["ref7"] and list(pending) == ["ref8"]  # a started cell is left to finish
+    ((cell_id, result),) = recorded
+    assert cell_id == 7 and result["status"] == "skipped" and "no GPU" in result["error"]

@@ -42,6 +42,8 @@ def connect(address: Optional[str]) -> None:
     where = f"--address {address}" if address else "a local Ray instance"
     if address and address != "auto":
         _probe(address)
+    if not address:  # Ray nices its workers to 15 by default: a cell's timings compete at full priority
+        os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
                  **({} if address else {"include_dashboard": False}))

@@ -46,7 +46,7 @@ def run_cell(run_id: str, cell_id: int, key: str, params: dict, cache_hint: str,
             "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "planned_device": params["device"],
-            "detbench_version": __version__, "started_at": time.time()}
+            "detbench_version": __version__, "niceness": os.nice(0), "started_at": time.time()}
     progress.report.remote(cell_id, "started", node)
     cache_dir = Path(os.environ.get("DETBENCH_CACHE") or cache_hint).resolve()
     node["cache_dir"] = str(cache_dir)
