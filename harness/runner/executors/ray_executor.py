@@ -110,7 +110,11 @@ class RayExecutor:
         self.connect()
         self._store, self._run_id, self._cache, self._on_event = store, run_id, cache_dir, on_event
         self._outcomes: list[orchestrator.Outcome] = []
-        progress = ray.remote(num_cpus=0)(Progress).remote()
+        self._progress_lost = False
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        progress = ray.remote(num_cpus=0, scheduling_strategy=here)(Progress).remote()
         pending = self._submit(todo, progress)
         try:
             self._wait(pending, progress)
@@ -119,7 +123,7 @@ class RayExecutor:
                 ray.cancel(ref, force=True)
             raise
         finally:
-            ray.kill(progress)
+            _quietly(ray.kill, progress)
         return self._outcomes
 
     # -- submission -----------------------------------------------------------
@@ -154,7 +158,7 @@ class RayExecutor:
         next_check = time.monotonic() + NODE_RECHECK_S
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=self.poll_s)
-            for cell_id, kind, value in ray.get(progress.drain.remote()):
+            for cell_id, kind, value in self._drain(progress):
                 self._progress(by_id.get(cell_id), kind, value)
             for ref in ready:
                 cell = pending.pop(ref)
@@ -162,6 +166,21 @@ class RayExecutor:
             if time.monotonic() > next_check:
                 self._drop_infeasible(pending)
                 next_check = time.monotonic() + NODE_RECHECK_S
+
+    def _drain(self, progress) -> list:
+        """New stage reports; none if the progress actor is gone (its node died): cells go on."""
+        import ray
+        from ray.exceptions import RayError
+
+        if self._progress_lost:
+            return []
+        try:
+            return ray.get(progress.drain.remote())
+        except RayError as exc:
+            self._progress_lost = True
+            print(f"detbench: stage reports lost ({type(exc).__name__}); cells keep running",
+                  file=sys.stderr)
+            return []
 
     def _progress(self, cell: Optional[_Cell], kind: str, value) -> None:
         if cell is None:
@@ -256,6 +275,13 @@ def _what_died(exc: BaseException) -> str:
              "ObjectLostError": "Ray lost the cell's result",
              "OwnerDiedError": "Ray lost the cell's result"}
     return names.get(type(exc).__name__, "Ray could not run the cell")
+
+
+def _quietly(fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001 - cleanup of a cluster that may be gone already
+        pass
 
 
 def _since(node: dict) -> float:
