@@ -3,7 +3,9 @@
 The same small matrix (yolov8_n, random weights, 64 px, PyTorch on CPU, N cells) runs
 with the local executor and with the Ray executor on a local Ray instance of one CPU
 (so Ray, like the local executor, runs one cell at a time), in alternating rounds so
-that load drift hits both.  Per-cell overhead = (Ray's wall time - local wall time) / N
+that load drift hits both.  Both run cells with one thread (``OMP_NUM_THREADS=1``, what Ray
+sets for a one-CPU task): on 2 shared cores a 2-thread local cell is several times slower
+under contention, which would show as a large *negative* Ray overhead (seen: -15 to -24 s).  Per-cell overhead = (Ray's wall time - local wall time) / N
 for ``orchestrator.execute`` (submission, scheduling, worker start, result transfer,
 store writes); the one-off ``ray.init`` is reported apart.  The machine's load average
 is recorded before and after: on a shared machine the numbers are only as quiet as it.
@@ -60,6 +62,9 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=4)
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray sets OMP_NUM_THREADS=num_cpus (1) in its tasks; the local worker would use every core.
+    # Equal threads, or the comparison measures thread contention instead of executor overhead.
+    os.environ["OMP_NUM_THREADS"] = "1"
     os.environ.setdefault("RAY_worker_niceness", "0")  # as the Ray executor's own local start does
     import ray
 
@@ -71,7 +76,7 @@ def main() -> None:
     matrix.write_text(MATRIX.format(batches=list(range(1, args.cells + 1))))
     cache = tmp / "cache"
     t0 = time.perf_counter()
-    ray.init(num_cpus=1, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, num_gpus=0, include_dashboard=False, log_to_driver=False)
     init_s = time.perf_counter() - t0
     (tmp / "warm").mkdir()
     one_run(tmp / "warm", matrix, cache, None)  # the dataset and the OS file cache, once

@@ -4,7 +4,9 @@
 # two local runs is the yardstick for "latency within noise"). Wheels in .whl/ (mmyolo stack,
 # detbench's core deps, a slimmed ray 2.60 cp312 wheel: see benchmarks/results/ray_gpu.md).
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+if [ "${SKIP_WHEELS:-0}" != 1 ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
 export PYTHONPATH=/tmp/site:$PWD RAY_AUTH_MODE=disabled PYTHONUNBUFFERED=1
 [ -f benchmarks/.git_sha ] && export DETBENCH_GIT_SHA=$(cat benchmarks/.git_sha)
 OUT=${OUT:-benchmarks/results}

@@ -1,6 +1,6 @@
 """The Ray executor on CPU: one local Ray instance with two logical GPUs for the whole module.
 
-``ray.init(num_cpus=2, num_gpus=2)``: GPU cells get their own ``CUDA_VISIBLE_DEVICES``;
+``ray.init(address="local", num_cpus=2, num_gpus=2)``: GPU cells get their own ``CUDA_VISIBLE_DEVICES``;
 a Ray worker killed mid-cell fails only that cell (with its stage); a driver killed
 mid-run is resumed; the trained fixture through Ray gives the same cells, AP and
 alignment as the local executor, and ``compare`` works on the driver's copies of
@@ -55,7 +55,7 @@ def cluster(tmp_path_factory):
         mp.setenv("RAY_worker_niceness", "0")  # as the executor's own local start: cells not niced
         mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         mp.setenv("DETBENCH_CACHE", str(node_cache))  # inherited by the Ray workers only
-        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
         mp.delenv("DETBENCH_CACHE")
         try:
             yield {"node_cache": node_cache, "address": ray.get_runtime_context().gcs_address}

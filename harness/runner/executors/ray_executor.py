@@ -44,8 +44,8 @@ def connect(address: Optional[str]) -> None:
         _probe(address)
     if not address:  # Ray nices its workers to 15 by default: a cell's timings compete at full priority
         os.environ.setdefault("RAY_worker_niceness", "0")
-    try:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+    try:  # "local": a new instance here, never a stale cluster file's address (ray.init's default)
+        ray.init(address=address or "local", log_to_driver=False, logging_level=logging.WARNING,
                  **({} if address else {"include_dashboard": False}))
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
         hint = ("start one with `ray start --head` on this machine or give --address ray://HOST:10001"
