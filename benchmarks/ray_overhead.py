@@ -88,11 +88,17 @@ def main() -> None:
             work.mkdir()
             row[name] = one_run(work, matrix, cache, executor)
         row["overhead_per_cell_s"] = (row["ray"]["wall_s"] - row["local"]["wall_s"]) / args.cells
+        # the same, counting only the time spent outside the cells' own worker processes: the
+        # cells' work (imports, inference) is what load slows most, and it is the same in both
+        outside = {k: row[k]["wall_s"] - row[k]["worker_s"] for k in ("local", "ray")}
+        row["outside_worker_overhead_per_cell_s"] = (outside["ray"] - outside["local"]) / args.cells
         rounds.append(row)
         print(f"round {r}: local {row['local']['wall_s']:.1f} s, ray {row['ray']['wall_s']:.1f} s, "
-              f"overhead {row['overhead_per_cell_s']:.2f} s/cell", flush=True)
+              f"overhead {row['overhead_per_cell_s']:.2f} s/cell "
+              f"(outside the workers {row['outside_worker_overhead_per_cell_s']:.2f})", flush=True)
     ray.shutdown()
     per_cell = [r["overhead_per_cell_s"] for r in rounds]
+    outside = [r["outside_worker_overhead_per_cell_s"] for r in rounds]
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"host": platform.node(), "cpu": provenance.host_environment()["cpu"],
@@ -101,7 +107,9 @@ def main() -> None:
                     "note": "2 cores shared with other sessions' jobs: see the load averages"},
         "ray": ray.__version__, "cells": args.cells, "rounds": rounds, "ray_init_s": init_s,
         "overhead_per_cell_s": {"median": statistics.median(per_cell), "max": max(per_cell)},
-        "target_s": 1.0, "pass": statistics.median(per_cell) <= 1.0,
+        "outside_worker_overhead_per_cell_s": {"median": statistics.median(outside), "max": max(outside)},
+        "target_s": 1.0,
+        "pass": max(statistics.median(per_cell), statistics.median(outside)) <= 1.0,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,12 +119,16 @@ def main() -> None:
              f"load average before {load_before[0]:.1f}, after {result['machine']['load_avg_after'][0]:.1f} "
              "(the cores are shared with other jobs).", "",
              f"{args.cells} cells (yolov8_n random, 64 px, PyTorch CPU) per run; `ray.init` once: "
-             f"{init_s:.1f} s.", "", "| round | local wall s | Ray wall s | overhead s/cell |",
-             "|---|---|---|---|"]
-    lines += [f"| {i} | {r['local']['wall_s']:.2f} | {r['ray']['wall_s']:.2f} | "
-              f"{r['overhead_per_cell_s']:.2f} |" for i, r in enumerate(rounds)]
-    lines += ["", f"Median overhead per cell: **{result['overhead_per_cell_s']['median']:.2f} s** "
-              f"(target <= 1 s: {'PASS' if result['pass'] else 'FAIL'})."]
+             f"{init_s:.1f} s. Both executors run each cell with one thread (OMP_NUM_THREADS=1).", "",
+             "| round | local wall s | local in workers s | Ray wall s | Ray in workers s | "
+             "overhead s/cell (wall) | overhead s/cell (outside the workers) |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {i} | {r['local']['wall_s']:.2f} | {r['local']['worker_s']:.2f} | {r['ray']['wall_s']:.2f} | "
+              f"{r['ray']['worker_s']:.2f} | {r['overhead_per_cell_s']:.2f} | "
+              f"{r['outside_worker_overhead_per_cell_s']:.2f} |" for i, r in enumerate(rounds)]
+    lines += ["", f"Median overhead per cell: **{result['overhead_per_cell_s']['median']:.2f} s** (wall), "
+              f"**{result['outside_worker_overhead_per_cell_s']['median']:.2f} s** (outside the cells' "
+              f"workers); target <= 1 s: {'PASS' if result['pass'] else 'FAIL'}."]
     (out / "ray_overhead.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

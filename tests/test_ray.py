@@ -92,9 +92,20 @@ def test_gpu_cells_get_distinct_gpus_and_the_cell_timeout_holds(cluster, tmp_pat
     they overlap for certain; the cell timeout ends them, recorded as in a local run.
     """
     monkeypatch.setenv("DETBENCH_FAULT", "@load:hang")
+    monkeypatch.setenv("DETBENCH_DB", "postgresql+psycopg://bench:pw-never-on-a-node@db/results")
     store, cache, run_id = start(tmp_path, tiny(device="cuda", timeout=10))
+    seen = {}
+    spy = threading.Thread(target=_worker_environments, args=(cluster["node_cache"], seen), daemon=True)
+    spy.start()
     outcomes = orchestrator.execute(store, run_id, cache, executor=RayExecutor())
+    spy.join(timeout=5)
     assert len(outcomes) == 2
+    # the cells' processes got the driver's DETBENCH_* settings, but never the store's URL
+    assert len(seen) == 2 and all(env.get("DETBENCH_FAULT") == "@load:hang" for env in seen.values())
+    assert not any("DETBENCH_DB" in env or "pw-never-on-a-node" in str(env) for env in seen.values())
+    run_files = list((cluster["node_cache"] / "runs" / run_id).rglob("*"))
+    assert run_files and not any("pw-never-on-a-node" in f.read_text(errors="replace")
+                                 for f in run_files if f.is_file())
     cells = store.cells(run_id)
     assert [c.status for c in cells] == ["failed", "failed"]
     assert all(c.stage == "load" and "timed out after 10.0 s" in c.error for c in cells)
@@ -124,6 +135,30 @@ def test_a_worker_killed_mid_cell_fails_only_that_cell(cluster, tmp_path, monkey
     assert cells[1].status == cells[3].status == "ok"
     assert not Path(f"/proc/{killed['cell_worker']}").exists(), "the cell's worker outlived its Ray worker"
     assert store.get_run(run_id).status == "finished"
+
+
+def _cell_workers(node_cache: Path):
+    """(pid, argv) of every cell worker subprocess under the nodes' cache."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if proc.name.isdigit() and b"harness.runner.worker" in argv and str(node_cache).encode() in argv[-2]:
+            yield proc, argv
+
+
+def _worker_environments(node_cache: Path, out: dict, timeout: float = 120) -> None:
+    """The environment of each cell worker process that runs while we look."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(out) < 2:
+        for proc, _ in _cell_workers(node_cache):
+            try:
+                pairs = (proc / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            out[proc.name] = dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p)
+        time.sleep(0.2)
 
 
 def _kill_ray_worker_of(key_part: str, node_cache: Path, out: dict, timeout: float = 300) -> None:
