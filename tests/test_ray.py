@@ -182,6 +182,7 @@ def _kill_ray_worker_of(key_part: str, node_cache: Path, out: dict, timeout: flo
             assert title.startswith(b"ray::"), title  # the Ray worker, not the driver
             assert str(node_cache) in str(work_dir)
             out.update(cell_worker=int(proc.name), ray_worker=parent)
+            time.sleep(1.0)  # the task polls the stage file every 0.2 s, then reports it
             os.kill(parent, signal.SIGKILL)
             return
         time.sleep(0.2)

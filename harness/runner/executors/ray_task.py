@@ -21,6 +21,7 @@ from harness.runner import orchestrator
 
 #: artifacts ``detbench compare`` reads; shipped back to the driver with the result
 SHIPPED = ("detections", "decoded", "decoded_metas")
+REPORT_TIMEOUT_S = 10.0
 
 
 class Progress:
@@ -47,7 +48,8 @@ def run_cell(run_id: str, cell_id: int, key: str, params: dict, cache_hint: str,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "planned_device": params["device"],
             "detbench_version": __version__, "niceness": os.nice(0), "started_at": time.time()}
-    progress.report.remote(cell_id, "started", node)
+    report = _reporter(progress, cell_id)
+    report("started", node)
     cache_dir = Path(os.environ.get("DETBENCH_CACHE") or cache_hint).resolve()
     node["cache_dir"] = str(cache_dir)
     started = time.time()
@@ -57,13 +59,27 @@ def run_cell(run_id: str, cell_id: int, key: str, params: dict, cache_hint: str,
     else:
         work_dir = orchestrator.work_dir_for(cache_dir, run_id, key)
         node["work_dir"] = str(work_dir)
-        result = orchestrator.run_cell_process(
-            work_dir, params, cache_dir, lambda stage: progress.report.remote(cell_id, "stage", stage),
-            env)
+        result = orchestrator.run_cell_process(work_dir, params, cache_dir,
+                                               lambda stage: report("stage", stage), env)
         result["files"] = _files(result.get("artifacts") or {})
     result.setdefault("duration_s", time.time() - started)
     result["provenance"] = {**(result.get("provenance") or {}), "executor": node}
     return result
+
+
+def _reporter(progress, cell_id: int):
+    """Report to the driver and wait until it is recorded, so a node dying right after a stage
+    change still has that stage on record; a lost progress actor never stops the cell."""
+    import ray
+    from ray.exceptions import RayError  # GetTimeoutError is one
+
+    def report(kind: str, value: object) -> None:
+        try:
+            ray.get(progress.report.remote(cell_id, kind, value), timeout=REPORT_TIMEOUT_S)
+        except RayError:
+            pass
+
+    return report
 
 
 def localise(params: dict, cache_dir: Path, host: str) -> str | None:
