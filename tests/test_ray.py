@@ -331,3 +331,20 @@ def test_a_waiting_cell_whose_last_fitting_node_left_is_skipped(monkeypatch):
     assert cancelled == ["ref7"] and list(pending) == ["ref8"]  # a started cell is left to finish
     ((cell_id, result),) = recorded
     assert cell_id == 7 and result["status"] == "skipped" and "no GPU" in result["error"]
+
+
+def test_a_node_regenerates_synthetic_data_and_names_missing_files(tmp_path):
+    """What a node does before the cell: its own synthetic dataset; a missing file named with the node."""
+    from harness.runner.executors.ray_task import localise
+
+    params = {"device": "cuda:3", "model_spec": {"name": "yolov8_n", "checkpoint": "random"},
+              "dataset": {"images": "/elsewhere/images", "annotations": "/elsewhere/annotations.json",
+                          "limit": None, "synth": {"images": 2, "seed": 5, "size": 96}},
+              "calibration": {"images": 2, "seed": 3, "source": None}}
+    assert localise(params, tmp_path / "node", "gpu-7") is None
+    assert params["device"] == "cuda:0"  # the one GPU Ray handed this task
+    assert Path(params["dataset"]["annotations"]).is_file()
+    assert str(tmp_path / "node") in params["dataset"]["images"]
+    params["model_spec"]["checkpoint"] = str(tmp_path / "absent.pth")
+    problem = localise(params, tmp_path / "node", "gpu-7")
+    assert problem.startswith(f"model checkpoint '{tmp_path / 'absent.pth'}' is not on Ray node gpu-7")
