@@ -106,13 +106,12 @@ class RayExecutor:
     def run(self, store, run_id: str, todo: list, cache_dir: Path,
             on_event: Callable[[str, dict], None]) -> list[orchestrator.Outcome]:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self.connect()
         self._store, self._run_id, self._cache, self._on_event = store, run_id, cache_dir, on_event
         self._outcomes: list[orchestrator.Outcome] = []
         self._progress_lost = False
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         progress = ray.remote(num_cpus=0, scheduling_strategy=here)(Progress).remote()
         pending = self._submit(todo, progress)
