@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", metavar="RUN_ID", help="finish the unfinished cells of a run")
     sp.add_argument("--force", action="store_true", help="with --resume: rerun finished cells too")
     sp.add_argument("--cache-dir", default=os.environ.get("DETBENCH_CACHE", ".detbench"))
+    sp.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="where cells run: here, one after another (local), or as Ray tasks (ray)")
+    sp.add_argument("--address", help="with --executor ray: auto (a cluster this machine belongs to), "
+                    "ray://HOST:10001 or HOST:6379; default: start Ray on this machine")
+    sp.add_argument("--cpus-per-cell", type=float, default=1.0,
+                    help="with --executor ray: CPUs each cell reserves (CPU cells' threads)")
     sp = cmd("list", "runs in the store")
     sp.add_argument("--json", action="store_true")
     sp = cmd("show", "every cell of a run with its metrics")
@@ -145,6 +151,7 @@ def _availability() -> dict:
 def cmd_run(args) -> int:
     from harness.cli_views import RunProgress, print_summary
     from harness.runner import orchestrator
+    from harness.store.engine import shown
 
     if bool(args.matrix) == bool(args.resume):
         raise UserError("give a matrix file to start a run, or --resume RUN_ID to finish one")
@@ -153,6 +160,7 @@ def cmd_run(args) -> int:
     # the matrix (ONNX models included) is validated before the store is opened: an invalid one
     # creates no database
     planned = orchestrator.plan(args.matrix) if args.matrix else None
+    executor = _executor(args)
     store = _store(args)
     cache = Path(args.cache_dir).resolve()
     if args.resume:
@@ -164,14 +172,15 @@ def cmd_run(args) -> int:
         with _sigterm_as_interrupt(received), RunProgress() as progress:
             def on_event(kind: str, data: dict) -> None:
                 if kind == "start":  # printed once the run's lock is held: a refusal is one line
-                    print(f"run {run_id}  (store {args.db})", file=sys.stderr)
+                    print(f"run {run_id}  (store {shown(args.db)})", file=sys.stderr)
                 progress.event(kind, data)
 
-            orchestrator.execute(store, run_id, cache, force=args.force, on_event=on_event)
+            orchestrator.execute(store, run_id, cache, force=args.force, on_event=on_event,
+                                 executor=executor)
     except KeyboardInterrupt:
         how = "terminated (SIGTERM)" if received else "interrupted"
         print(f"detbench: {how}; run {run_id} is marked interrupted and its unfinished cells pending: "
-              f"resume with `detbench run --resume {run_id} --db {args.db}`", file=sys.stderr)
+              f"resume with `detbench run --resume {run_id} --db {shown(args.db)}`", file=sys.stderr)
         return 128 + (signal.SIGTERM if received else signal.SIGINT)
     cells = store.cells(run_id)
     print_summary(store.get_run(run_id), cells)
@@ -194,6 +203,17 @@ def _sigterm_as_interrupt(received: list[int]):
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _executor(args):
+    """The Ray executor, connected (after checking the store answers, so nothing is written
+    when either is unreachable); None for the local executor."""
+    from harness.runner import executors
+    from harness.store.engine import check_reachable
+
+    if args.executor == "ray":
+        check_reachable(args.db)
+    return executors.make(args.executor, address=args.address, cpus_per_cell=args.cpus_per_cell)
 
 
 def cmd_list(args) -> int:

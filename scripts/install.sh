@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install -q "torch==2.13.0"
 fi
-"$PY" -m pip install -q -e ".[mmyolo,onnx,host,postgres,dashboard,tensorrt-rtx,fast-eval,dev]"
+"$PY" -m pip install -q -e ".[mmyolo,onnx,host,postgres,dashboard,tensorrt-rtx,fast-eval,ray,dev]"
 # The dashboard's browser test drives Debian's Chromium through Playwright (never `playwright install`).
 if [ "${DETBENCH_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) >/dev/null 2>&1 \

@@ -122,12 +122,18 @@ def device_environment(device: str) -> dict:
 
 
 def _nvml_facts(idx: int) -> dict:
+    """NVML facts of the GPU the process calls ``cuda:<idx>``, found by UUID (see telemetry)."""
+    from harness.measure.telemetry import cuda_uuid, nvml_handle, visible_devices
+
+    visible = visible_devices()
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        h = pynvml.nvmlDeviceGetHandleByIndex(idx)
-        return {"gpu_uuid": pynvml.nvmlDeviceGetUUID(h),
+        h, how = nvml_handle(pynvml, idx, uuid=cuda_uuid(idx))
+        return {"gpu_uuid": pynvml.nvmlDeviceGetUUID(h), "nvml_index": pynvml.nvmlDeviceGetIndex(h),
+                "gpu_resolved_by": how,
+                "cuda_visible_devices": ",".join(visible) if visible is not None else None,
                 "driver": pynvml.nvmlSystemGetDriverVersion(),
                 "cuda_driver": pynvml.nvmlSystemGetCudaDriverVersion_v2(),
                 "sm_clock_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),

@@ -3,11 +3,20 @@
 Power and clocks explain latency: a run that throttled (power cap, thermal)
 or ran at idle clocks is not comparable with one that did not, so every GPU
 cell carries what NVML saw during its own timed loop.
+
+NVML numbers GPUs physically, CUDA numbers the ones ``CUDA_VISIBLE_DEVICES``
+leaves visible (Ray gives each task its own list): ``cuda:0`` of a task that
+was handed GPU 3 is NVML's GPU 3.  :func:`nvml_handle` resolves a CUDA ordinal
+to the physical GPU by UUID (the UUID CUDA reports, else the entry of
+``CUDA_VISIBLE_DEVICES``), so telemetry and provenance read the GPU the cell ran on.
 """
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
+from typing import Mapping, Optional
 
 _THROTTLE_BITS = {
     0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap",
@@ -20,15 +29,90 @@ def decode_throttle(mask: int) -> list[str]:
     return [name for bit, name in _THROTTLE_BITS.items() if mask & bit]
 
 
+def visible_devices(env: Optional[Mapping[str, str]] = None) -> Optional[list[str]]:
+    """The entries of ``CUDA_VISIBLE_DEVICES`` (None when unset: every GPU, in NVML order).
+
+    CUDA stops at the first empty entry, so does this.
+    """
+    raw = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        return None
+    entries = []
+    for entry in raw.split(","):
+        if not entry.strip():
+            break
+        entries.append(entry.strip())
+    return entries
+
+
+def cuda_uuid(ordinal: int) -> Optional[str]:
+    """The UUID CUDA reports for ``cuda:<ordinal>`` (``GPU-...``), when torch already runs CUDA."""
+    torch = sys.modules.get("torch")  # never import torch here: telemetry stays light
+    try:
+        if torch is None or not torch.cuda.is_initialized():
+            return None
+        uuid = str(torch.cuda.get_device_properties(ordinal).uuid)
+    except Exception:  # an old torch without .uuid, or no CUDA
+        return None
+    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+
+
+def nvml_handle(nvml, ordinal: int, *, uuid: Optional[str] = None,
+                env: Optional[Mapping[str, str]] = None):
+    """``(handle, how)``: the NVML handle of the GPU a process calls ``cuda:<ordinal>``.
+
+    ``how`` says what decided it: ``cuda_uuid`` (the UUID CUDA reported),
+    ``CUDA_VISIBLE_DEVICES`` (its entry: a physical index or a UUID or UUID
+    prefix, as CUDA accepts) or ``ordinal`` (no remapping in force).  An
+    integer entry is NVML's index, which is CUDA's order when all GPUs are of
+    one model (or with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``); the UUID path has no
+    such caveat.
+    """
+    if uuid:
+        return nvml.nvmlDeviceGetHandleByUUID(uuid), "cuda_uuid"
+    entries = visible_devices(env)
+    if entries is None:
+        return nvml.nvmlDeviceGetHandleByIndex(ordinal), "ordinal"
+    if not 0 <= ordinal < len(entries):
+        raise LookupError(f"cuda:{ordinal} is not visible: CUDA_VISIBLE_DEVICES="
+                          f"{','.join(entries)!r} makes {len(entries)} GPU(s) visible")
+    entry = entries[ordinal]
+    if entry.isdigit():
+        return nvml.nvmlDeviceGetHandleByIndex(int(entry)), "CUDA_VISIBLE_DEVICES"
+    return _handle_by_uuid_prefix(nvml, entry), "CUDA_VISIBLE_DEVICES"
+
+
+def _handle_by_uuid_prefix(nvml, entry: str):
+    """CUDA accepts any unique prefix of a UUID (``GPU-8f3a``) in ``CUDA_VISIBLE_DEVICES``."""
+    wanted = entry if entry.startswith(("GPU-", "MIG-")) else f"GPU-{entry}"
+    found = []
+    for index in range(nvml.nvmlDeviceGetCount()):
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        if _text(nvml.nvmlDeviceGetUUID(handle)).startswith(wanted):
+            found.append(handle)
+    if len(found) != 1:
+        raise LookupError(f"CUDA_VISIBLE_DEVICES entry {entry!r} matches {len(found)} GPUs' UUIDs")
+    return found[0]
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class NvmlSampler:
-    """Context manager: samples one GPU every ``interval_s`` until exit."""
+    """Context manager: samples one GPU every ``interval_s`` until exit.
+
+    ``device_index`` is the CUDA ordinal (``cuda:N``); the physical GPU is
+    found through :func:`nvml_handle`.
+    """
 
     def __init__(self, device_index: int = 0, interval_s: float = 0.02):
         import pynvml
 
         self.nvml = pynvml
         pynvml.nvmlInit()
-        self.handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+        self.handle, self.resolved_by = nvml_handle(pynvml, device_index,
+                                                    uuid=cuda_uuid(device_index))
         self.interval_s = interval_s
         self.samples: list[dict] = []
         self.throttle_mask = 0

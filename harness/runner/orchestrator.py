@@ -88,8 +88,13 @@ def create_run(store, matrix_path: str | Path, cache_dir: Path, planned: Plan | 
 
 
 def execute(store, run_id: str, cache_dir: Path, *, force: bool = False,
-            on_event: Callable[[str, dict], None] = lambda kind, data: None) -> list[Outcome]:
+            on_event: Callable[[str, dict], None] = lambda kind, data: None,
+            executor=None) -> list[Outcome]:
     """Run every unfinished cell of a run (every cell with ``force``), holding the run's lock.
+
+    ``executor``: None runs the cells here, one after another; an executor from
+    ``harness.runner.executors`` (e.g. Ray) runs them elsewhere and hands each
+    result back, which is stored here, by this process only.
 
     A run another live process executes is refused (``RunLocked``, a UserError)
     before anything changes; a lock left by a dead process is taken over with a
@@ -99,16 +104,19 @@ def execute(store, run_id: str, cache_dir: Path, *, force: bool = False,
     """
     with hold_run_lock(store, run_id, note=lambda text: on_event("note", {"text": text})) as lock:
         return _execute_locked(store, run_id, cache_dir, force=force, on_event=on_event,
-                               lock=lock)
+                               lock=lock, executor=executor)
 
 
 def _execute_locked(store, run_id: str, cache_dir: Path, *, force: bool,
-                    on_event: Callable[[str, dict], None], lock) -> list[Outcome]:
+                    on_event: Callable[[str, dict], None], lock, executor=None) -> list[Outcome]:
     todo = store.cells_to_run(run_id, force=force)
     on_event("start", {"total": len(todo)})
     outcomes = []
     current = None
     try:
+        if executor is not None:
+            outcomes.extend(executor.run(store, run_id, todo, cache_dir, on_event))
+            todo = []
         for cell in todo:
             lock.check()
             on_event("cell", {"key": cell.key, "stage": "starting"})
@@ -132,25 +140,35 @@ def _execute_locked(store, run_id: str, cache_dir: Path, *, force: bool,
 
 
 def run_one(store, run_id: str, cell, cache_dir: Path, on_stage) -> Outcome:
-    params = dict(cell.params)
-    work_dir = cache_dir / "runs" / run_id / _safe(cell.key)
+    result = run_cell_process(work_dir_for(cache_dir, run_id, cell.key), dict(cell.params),
+                              cache_dir, on_stage)
+    store.record_result(cell.id, **_store_fields(result))
+    return Outcome(cell.key, result["status"], result.get("stage"), result.get("error"),
+                   result["duration_s"])
+
+
+def work_dir_for(cache_dir: Path, run_id: str, key: str) -> Path:
+    return cache_dir / "runs" / run_id / _safe(key)
+
+
+def run_cell_process(work_dir: Path, params: dict, cache_dir: Path, on_stage,
+                     env: Optional[dict] = None) -> dict:
+    """One cell in a worker subprocess (with its timeout); the result dict, never raises for the cell."""
     work_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("result.json", "stage"):
         (work_dir / stale).unlink(missing_ok=True)
     params["cache_dir"] = str(cache_dir)
     (work_dir / "cell.json").write_text(json.dumps(params))
     started = time.time()
-    code, timed_out = _spawn(work_dir, float(params.get("timeout_s", 900)), on_stage)
+    code, timed_out = _spawn(work_dir, float(params.get("timeout_s", 900)), on_stage, env)
     result = _collect(work_dir, code, timed_out, params)
     result.setdefault("duration_s", time.time() - started)
-    store.record_result(cell.id, **_store_fields(result))
-    return Outcome(cell.key, result["status"], result.get("stage"), result.get("error"),
-                   result["duration_s"], list(result.get("warnings") or []))
+    return result
 
 
-def _spawn(work_dir: Path, timeout_s: float, on_stage) -> tuple[int, bool]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT),
-                                                                     os.environ.get("PYTHONPATH")]))}
+def _spawn(work_dir: Path, timeout_s: float, on_stage, extra_env: Optional[dict] = None) -> tuple[int, bool]:
+    env = {**os.environ, **(extra_env or {}),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))}
     with open(work_dir / "log.txt", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "harness.runner.worker", str(work_dir)],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -223,7 +241,8 @@ def _read(path: Path) -> Optional[str]:
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace").replace("\x00", "")  # PostgreSQL refuses NUL in text
+        return "\n".join(text.splitlines()[-lines:])
     except OSError:
         return ""
 

@@ -5,6 +5,13 @@ default in SQLite, and the cascades depend on them) and a long busy timeout
 (runner and dashboard are separate processes contending for the write lock).
 A read-only engine opens the file with ``mode=ro`` so that no code path, ours
 or SQLAlchemy's, can create or change the database.
+
+PostgreSQL (``postgresql+psycopg://``, the shared store of fleet runs): the
+server is asked once at open, so an unreachable one is a one-line user error
+before anything happens; connections are pinged before use (a night-long run
+outlives idle connections); a read-only engine opens read-only transactions;
+and migrations take an advisory lock, so two runs starting on an empty
+database do not both create the schema.
 """
 import json
 import math
@@ -16,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (ArgumentError, DatabaseError, DBAPIError, InterfaceError,
                             NoSuchModuleError, OperationalError)
@@ -30,6 +37,9 @@ URL_HINT = "give e.g. sqlite:///results.db or postgresql+psycopg://USER@HOST:543
 DRIVER_FIX = {"psycopg": "pip install 'detbench[postgres]'",
               "psycopg2": "use postgresql+psycopg://... with pip install 'detbench[postgres]' "
                           "(or install psycopg2)"}
+PG_CONNECT_TIMEOUT_S = 10
+#: pg_advisory_xact_lock key held while a migration runs (any constant; 'detbench' in ASCII)
+PG_MIGRATION_LOCK = 0x6465746265
 
 
 def parse_url(url: str) -> URL:
@@ -39,8 +49,10 @@ def parse_url(url: str) -> URL:
         raise UserError(f"--db {url!r} is not a database URL ({exc}): {URL_HINT}") from None
 
 
-def shown(url: str) -> str:
+def shown(url: URL | str) -> str:
     """The URL as messages show it: the password masked."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
     try:
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
@@ -71,6 +83,8 @@ def open_engine(url: str, *, create: bool, readonly: bool) -> Engine:
         if readonly or not create:
             raise UserError(f"database {url} does not exist: run `detbench run` first to create it")
         _make_parent(url, path)
+    if parsed.get_backend_name() == "postgresql":
+        return _postgres_engine(url, parsed, readonly=readonly)
     if parsed.get_backend_name() != "sqlite":
         return _server_engine(url, parsed)
     if readonly and path is not None:
@@ -148,6 +162,60 @@ def _fix(url: str, reason: str) -> str:
     if "connect" in low or "refused" in low or "timeout" in low or "resolve" in low:
         return "check host and port in the --db URL and that the server is running"
     return "check the --db URL, the server and your permissions"
+
+
+def check_reachable(url: str) -> None:
+    """UserError unless a server-backed store answers now; touches nothing (no file, no schema)."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return
+    open_engine(url, create=False, readonly=True).dispose()
+
+
+def _postgres_engine(url: str, parsed: URL, *, readonly: bool) -> Engine:
+    """A psycopg 3 engine, checked to answer now (UserError naming the server if not)."""
+    if parsed.drivername == "postgresql":  # SQLAlchemy's default driver would be psycopg2
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername != "postgresql+psycopg":
+        raise UserError(f"database {shown(url)}: detbench speaks to PostgreSQL through psycopg 3; "
+                        f"write the URL as postgresql+psycopg://... and {DRIVER_FIX['psycopg']}")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise UserError(f"database {shown(url)}: the driver 'psycopg' is not installed: "
+                        f"{DRIVER_FIX['psycopg']}") from None
+    connect_args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    if readonly:
+        connect_args["options"] = "-c default_transaction_read_only=on"
+    engine = create_engine(parsed, connect_args=connect_args, pool_pre_ping=True,
+                           json_serializer=dumps)
+    event.listen(engine, "before_cursor_execute", _without_nul, retval=True)
+    try:
+        with engine.connect():
+            pass
+    except (OperationalError, InterfaceError) as exc:
+        engine.dispose()
+        raise UserError(_explain(url, "opened", exc)) from None
+    return engine
+
+
+def _without_nul(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+                 executemany: bool) -> tuple[str, Any]:
+    """PostgreSQL text cannot hold NUL, which a crashed worker's log tail may: drop it, don't fail."""
+    def clean(params: Any) -> Any:
+        if isinstance(params, dict):
+            return {k: v.replace("\x00", "") if isinstance(v, str) else v for k, v in params.items()}
+        return params
+
+    if isinstance(parameters, (list, tuple)) and parameters and isinstance(parameters[0], dict):
+        return statement, [clean(p) for p in parameters]
+    return statement, clean(parameters)
+
+
+def migration_lock(conn: Connection) -> None:
+    """Serialise schema creation and upgrades between processes (PostgreSQL; SQLite locks the file)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK})
 
 
 def _readonly_connector(path: Path) -> Any:

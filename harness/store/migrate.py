@@ -8,7 +8,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 
 from harness.errors import UserError
 from harness.store import migrations
-from harness.store.engine import database_exists, open_engine, user_errors
+from harness.store.engine import database_exists, migration_lock, open_engine, user_errors
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -49,6 +49,7 @@ def upgrade(url: str) -> str:
     engine = open_engine(url, create=True, readonly=False)
     try:
         with user_errors(url), engine.begin() as conn:
+            migration_lock(conn)
             if _has_tables(conn):
                 _require_known(conn, url)
             command.upgrade(alembic_config(conn), "head")
@@ -60,6 +61,8 @@ def upgrade(url: str) -> str:
 def prepare(engine: Engine, url: str, *, create: bool) -> None:
     """Make a freshly opened database usable by this code, or explain (UserError) why not."""
     with engine.begin() as conn:
+        if create:
+            migration_lock(conn)
         if _has_tables(conn):
             _require_head(conn, url)
         elif create:
