@@ -219,6 +219,7 @@ def test_unreachable_database_is_one_line_and_writes_nothing(tmp_path, executor)
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert "postgresql+psycopg://detbench:***@127.0.0.1:1/results is unreachable" in lines[0]
+    assert "postgresql+psycopg://detbench:***@127.0.0.1:1/results cannot be opened" in lines[0]
+    assert "Connection refused" in lines[0] and "check host and port" in lines[0]
     assert "s3cret" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.yaml"]

@@ -15,6 +15,14 @@ from harness.models.preprocess import Prepared
 
 
 class OnnxPreprocessor:
+    """The same interface as :class:`harness.models.preprocess.Preprocessor`: ``prepare_one``
+    (geometry + colour order on the host, uint8 CHW — what the input cache keeps), ``collate``
+    (dtype, scale/mean/std and layout on the batch, on whatever device it is) and
+    ``pipeline_hash`` (the input cache's key), so the streaming accuracy pass serves both."""
+
+    #: bump when the preprocessing code changes what it produces
+    VERSION = 1
+
     def __init__(self, contract, imgsz: int, device: str = "cpu"):
         self.c = contract
         self.height, self.width = contract.input_hw(imgsz)
@@ -24,19 +32,54 @@ class OnnxPreprocessor:
         import numpy as np
         import torch
 
-        arrays, metas = [], []
-        for img, image_id in zip(images, image_ids):
-            arr, meta = self.one(img)
-            meta["img_id"] = image_id
-            arrays.append(arr)
-            metas.append(meta)
+        arrays, metas = zip(*(self.prepare_one(img, i) for img, i in zip(images, image_ids)))
         x = torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))
         if self.device != "cpu":
             x = x.to(self.device)
-        return Prepared(x, metas, list(image_ids))
+        return self.collate(x, list(metas), list(image_ids))
 
-    def one(self, img):
-        """One BGR uint8 image -> (input array in the graph's layout and dtype, geometry)."""
+    def prepare_one(self, img, image_id: int) -> tuple:
+        """One BGR uint8 image -> (uint8 CHW array in the declared colour order, geometry)."""
+        import numpy as np
+
+        out, meta = self._geometry(img)
+        if self.c.color == "RGB":
+            out = out[..., ::-1]
+        meta["img_id"] = image_id
+        return np.ascontiguousarray(out.transpose(2, 0, 1)), meta
+
+    def collate(self, inputs, metas: list[dict], image_ids: list[int]) -> Prepared:
+        """A stacked uint8 ``(N, 3, H, W)`` tensor (or a list of them) -> the graph's input."""
+        import torch
+
+        c = self.c
+        x = torch.stack(list(inputs)) if isinstance(inputs, (list, tuple)) else inputs
+        if c.dtype != "uint8":
+            mean = torch.tensor(c.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(c.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+            x = (x.float() * torch.tensor(c.scale, dtype=torch.float32) - mean) / std
+            if c.dtype == "float16":
+                x = x.half()
+        if c.layout == "NHWC":
+            x = x.permute(0, 2, 3, 1)
+        return Prepared(x.contiguous(), metas, list(image_ids))
+
+    def pipeline_hash(self) -> str:
+        """Content key of this preprocessing (what ``prepare_one`` produces) for the input cache."""
+        import hashlib
+        import json
+
+        import cv2
+        import numpy as np
+
+        c = self.c
+        key = {"v": self.VERSION, "hw": [self.height, self.width], "resize": c.resize,
+               "pad_value": c.pad_value, "color": c.color, "cv2": cv2.__version__,
+               "numpy": np.__version__}
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _geometry(self, img):
+        """Resize / pad as declared: (uint8 H x W x 3 BGR image, geometry)."""
         import cv2
         import numpy as np
 
@@ -59,19 +102,9 @@ class OnnxPreprocessor:
             pad = [top, ph - top, left, pw - left]
             out = cv2.copyMakeBorder(resized, pad[0], pad[1], pad[2], pad[3], cv2.BORDER_CONSTANT,
                                      value=(c.pad_value,) * 3) if any(pad) else resized
-        if c.color == "RGB":
-            out = out[..., ::-1]
-        if c.dtype == "uint8":
-            x = np.ascontiguousarray(out, dtype=np.uint8)
-        else:
-            x = (out.astype(np.float32) * np.float32(c.scale) - np.asarray(c.mean, np.float32)) / np.asarray(
-                c.std, np.float32)
-            x = x.astype(np.float16 if c.dtype == "float16" else np.float32)
-        if c.layout == "NCHW":
-            x = x.transpose(2, 0, 1)
         meta = {"ori_shape": (h, w), "img_shape": (H, W), "scale_factor": (sx, sy),
                 "pad_param": np.asarray(pad, dtype=np.float32)}
-        return x, meta
+        return out, meta
 
 
 def _interp(ratio: float) -> int:
