@@ -23,6 +23,16 @@ class CalibrationSet:
     source: str
 
 
+def source_paths(src: dict, cache_dir: Path) -> tuple[str, str]:
+    """(images folder, annotations file) of a dataset spec: a synthetic one is generated (cached)."""
+    if src.get("synth"):
+        from harness.data.datasets import synth_dataset
+
+        synth = src["synth"]
+        return synth_dataset(synth["images"], synth["seed"], synth["size"], cache_dir)
+    return src["images"], src["annotations"]
+
+
 def calibration_images(cell: dict, cache_dir: Path) -> tuple[list[Path], str]:
     """The image files to calibrate on, and a description of where they came from."""
     from harness.data.coco import CocoDataset
@@ -30,12 +40,7 @@ def calibration_images(cell: dict, cache_dir: Path) -> tuple[list[Path], str]:
 
     calib, ds = cell["calibration"], cell["dataset"]
     if calib.get("source"):
-        src = calib["source"]
-        if src.get("synth"):
-            images_dir, ann = synth_dataset(src["synth"]["images"], src["synth"]["seed"],
-                                            src["synth"]["size"], cache_dir)
-        else:
-            images_dir, ann = src["images"], src["annotations"]
+        images_dir, ann = source_paths(calib["source"], cache_dir)
         found = CocoDataset.load(images_dir, ann, calib["images"], where="calibration.source")
         return [im.path for im in found.images], f"calibration.source {ann}"
     if ds.get("synth"):

@@ -134,6 +134,7 @@ class Split:
 
 def sensitivity_images(cell: dict, cache_dir: Path):
     """(CocoDataset subset, description) of the cell's sensitivity split; refuses a too small one."""
+    from harness.calibration.data import source_paths
     from harness.data.coco import CocoDataset
     from harness.data.datasets import synth_dataset
 
@@ -143,12 +144,7 @@ def sensitivity_images(cell: dict, cache_dir: Path):
         raise UserError(f"calibration.sensitivity_images is {n}: the sensitivity split needs at least "
                         f"{MIN_SPLIT_IMAGES} images to measure AP differences; raise it (64 is a good start)")
     if calib.get("sensitivity_source"):
-        src = calib["sensitivity_source"]
-        if src.get("synth"):
-            images_dir, ann = synth_dataset(src["synth"]["images"], src["synth"]["seed"],
-                                            src["synth"]["size"], cache_dir)
-        else:
-            images_dir, ann = src["images"], src["annotations"]
+        images_dir, ann = source_paths(calib["sensitivity_source"], cache_dir)
         found = CocoDataset.load(images_dir, ann, n, where="calibration.sensitivity_source")
         where = f"calibration.sensitivity_source {ann}"
     elif ds.get("synth"):
