@@ -308,3 +308,32 @@ def test_nms_ties_identical_and_degenerate():
     assert R.batched_nms_rotated(b, s, torch.tensor([0, 1, 0, 1, 1]), -0.1).tolist() == [3, 0]
     # threshold 1: nothing exceeds it
     assert R.nms_rotated(b, s, 1.0).tolist() == [3, 4, 0, 1, 2]
+
+
+# --- CUDA ----------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+def test_cuda_equals_cpu():
+    a, b = random_boxes(400, seed=30, spread=300), random_boxes(300, seed=31, spread=300)
+    ga, gb = a.cuda(), b.cuda()
+    for mode in ("iou", "iof"):
+        cpu, gpu = R.rotated_iou(a, b, mode=mode), R.rotated_iou(ga, gb, mode=mode)
+        assert gpu.is_cuda and (cpu > 0).sum() > 1000
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-12)
+    torch.testing.assert_close(R.rotated_iou(ga[:300], gb, aligned=True).cpu(),
+                               R.rotated_iou(a[:300], b, aligned=True), rtol=0, atol=1e-12)
+    torch.testing.assert_close(R.rotated_iou(ga.float(), gb.float()).cpu(),
+                               R.rotated_iou(a.float(), b.float()), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(R.rotated_iou(ga[:60], gb[:60]).cpu().numpy(), shapely_iou(a[:60], b[:60]),
+                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(R.corners_to_rbox(R.rbox_to_corners(ga)).cpu(),
+                               R.corners_to_rbox(R.rbox_to_corners(a)), rtol=0, atol=1e-9)
+    boxes, scores, labels = clustered(3000, seed=32, clusters=80, spread=1500)
+    for thr in (0.1, 0.5):
+        cpu = R.nms_rotated(boxes, scores, thr)
+        gpu = R.nms_rotated(boxes.cuda(), scores.cuda(), thr)
+        assert gpu.is_cuda and gpu.cpu().tolist() == cpu.tolist() and len(cpu) > 80
+        cpu = R.batched_nms_rotated(boxes, scores, labels, thr)
+        gpu = R.batched_nms_rotated(boxes.cuda(), scores.cuda(), labels.cuda(), thr)
+        assert gpu.cpu().tolist() == cpu.tolist()
