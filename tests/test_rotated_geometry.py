@@ -1,6 +1,7 @@
 """Rotated boxes: conversions, exact IoU and NMS against shapely's exact polygon operations."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -229,6 +230,22 @@ def test_tiny_and_huge_scales(scale, shift):
         np.testing.assert_allclose(got.numpy(), shapely_iou(sa, sb), rtol=0, atol=1e-9)
 
 
+def test_needle_boxes_match_shapely():
+    # aspect ratios down to 1e-6, crossing each other and lying almost along each other
+    g = np.random.default_rng(14)
+    n = 200
+    a = np.concatenate([g.uniform(0, 5, (n, 2)), g.uniform(20, 40, (n, 1)),
+                        10.0 ** g.uniform(-6, -1, (n, 1)) * 30, g.uniform(-PI / 2, PI / 2, (n, 1))], 1)
+    b = a.copy()
+    b[:, :2] += g.normal(0, 1e-3, (n, 2))
+    b[:, 3] *= g.uniform(0.5, 2, n)
+    b[:, 4] += g.choice([0.0, 1e-7, 1e-3, 0.5], n)
+    got = R.rotated_iou(torch.tensor(a), torch.tensor(b), aligned=True).numpy()
+    ref = shapely_iou(a, b, aligned=True)
+    assert (ref > 0.01).sum() > 50
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-9)
+
+
 def test_tiny_box_inside_huge_box():
     big = torch.tensor([[0.0, 0.0, 1e6, 5e5, 0.3]], dtype=torch.float64)
     tiny = torch.tensor([[10.0, -20.0, 1e-3, 2e-3, -1.1]], dtype=torch.float64)
@@ -275,10 +292,23 @@ def clustered(n, seed, clusters=12, spread=200):
     return torch.tensor(b), torch.tensor(scores), torch.tensor(g.integers(0, 3, n))
 
 
-def test_nms_matches_shapely_greedy(monkeypatch):
+@functools.lru_cache(maxsize=None)
+def nms_scene(n, seed, clusters=12, spread=200):
+    boxes, scores, labels = clustered(n, seed, clusters, spread)
+    return boxes, scores, labels, shapely_iou(boxes, boxes)
+
+
+@pytest.fixture(params=["blocks", "all_pairs"])
+def strategy(request, monkeypatch):
+    """Both NMS schedules (CPU: blocks, CUDA: all pairs) run here on CPU."""
+    monkeypatch.setattr(R, "_strategy", lambda device: request.param)
+    return request.param
+
+
+def test_nms_matches_shapely_greedy(monkeypatch, strategy):
     monkeypatch.setattr(R, "_BLOCK", 16)  # many blocks: exercises the cross-block step
-    boxes, scores, labels = clustered(120, seed=20)
-    iou = shapely_iou(boxes, boxes)
+    monkeypatch.setattr(R, "_DENSE", 1000)  # all pairs in several row chunks
+    boxes, scores, labels, iou = nms_scene(120, seed=20)
     for thr in (0.1, 0.5, 0.7):
         exp = greedy_oracle(iou, scores, thr)
         assert R.nms_rotated(boxes, scores, thr).tolist() == exp
@@ -287,10 +317,9 @@ def test_nms_matches_shapely_greedy(monkeypatch):
             greedy_oracle(iou, scores, thr, labels)
 
 
-def test_nms_default_block_and_float32():
-    boxes, scores, labels = clustered(200, seed=21, clusters=40, spread=400)
+def test_nms_default_block_and_float32(strategy):
+    boxes, scores, labels, iou = nms_scene(200, seed=21, clusters=40, spread=400)
     assert len(boxes) > R._BLOCK
-    iou = shapely_iou(boxes, boxes)
     exp = greedy_oracle(iou, scores, 0.3)
     assert R.nms_rotated(boxes, scores, 0.3).tolist() == exp
     assert R.nms_rotated(boxes.float(), scores.float(), 0.3).tolist() == exp
@@ -298,7 +327,7 @@ def test_nms_default_block_and_float32():
         greedy_oracle(iou, scores, 0.3, labels)
 
 
-def test_nms_ties_identical_and_degenerate():
+def test_nms_ties_identical_and_degenerate(strategy):
     b = torch.tensor([[5.0, 5, 4, 2, 0.3]] * 3 + [[50.0, 50, 0, 3, 0.1]] * 2, dtype=torch.float64)
     s = torch.tensor([0.5, 0.5, 0.5, 0.9, 0.9])
     # identical boxes: the first of the tied scores stays; zero-area boxes never suppress (IoU 0)
