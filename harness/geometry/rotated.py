@@ -10,7 +10,8 @@ box clockwise on screen.  The corners are, in this order,
 ``c + v1 + v2, c + v1 - v2, c - v1 - v2, c - v1 + v2`` with
 ``v1 = w/2 (cos a, sin a)`` and ``v2 = h/2 (-sin a, cos a)``.  ``le90``
 normalisation makes ``w > h`` (a square gets its sides swapped, as mmrotate's
-``regularize_boxes`` does) and puts the angle in ``[-pi/2, pi/2)``.
+``regularize_boxes`` does) and puts the angle in ``[-pi/2, pi/2)``.  mmcv's
+``clockwise=False`` boxes are these with the angle negated.
 
 IoU is exact: the intersection of two rectangles is the convex polygon spanned
 by the corners of each box inside the other and the crossings of their edges;
