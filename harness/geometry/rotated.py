@@ -223,7 +223,8 @@ def rotated_iou(boxes1, boxes2, aligned: bool = False, mode: str = "iou") -> tor
 
     ``mode="iof"`` gives intersection over the area of ``boxes1`` instead (as
     mmcv's ``box_iou_rotated``).  Computed in float64 on the inputs' device and
-    returned in their (promoted) floating dtype.  Zero-area boxes give 0.
+    returned in their (promoted) floating dtype.  Zero-area boxes (and boxes
+    with a negative side, which are invalid) give 0.
     """
     if mode not in ("iou", "iof"):
         raise ValueError(f"rotated_iou: mode must be 'iou' or 'iof', got {mode!r}")
@@ -233,7 +234,7 @@ def rotated_iou(boxes1, boxes2, aligned: bool = False, mode: str = "iou") -> tor
     out_dtype = torch.promote_types(a.dtype, b.dtype)
     a, b = a.to(torch.float64), b.to(torch.float64)
     ha, hb = rbox_to_hbox(a), rbox_to_hbox(b)
-    pos_a, pos_b = a[:, 2] * a[:, 3] > 0, b[:, 2] * b[:, 3] > 0
+    pos_a, pos_b = (a[:, 2] > 0) & (a[:, 3] > 0), (b[:, 2] > 0) & (b[:, 3] > 0)  # a negative side: empty
     if aligned:
         if len(a) != len(b):
             raise ValueError(f"rotated_iou(aligned=True): {len(a)} and {len(b)} boxes differ in number")
@@ -373,7 +374,7 @@ def nms_rotated(boxes, scores, iou_threshold: float, labels=None) -> torch.Tenso
     b = b[order].to(torch.float64)
     labels = None if labels is None else labels[order]
     hb = rbox_to_hbox(b)
-    area = b[:, 2] * b[:, 3]
+    area = b[:, 2].clamp_min(0) * b[:, 3].clamp_min(0)  # a negative side: empty, never suppresses
     greedy = _greedy_all_pairs if _strategy(b.device) == "all_pairs" else _greedy_blocks
     return order[greedy(b, hb, area, labels, thr)]
 
