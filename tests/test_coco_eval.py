@@ -89,3 +89,58 @@ def test_unknown_or_missing_evaluator_is_a_user_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # as if not installed
     with pytest.raises(UserError, match=r"detbench\[fast-eval\]"):
         evaluate(tmp_path / "a.json", [], [1], evaluator="faster-coco-eval")
+
+
+def _loop_to_coco(image_id, boxes, scores, labels, category_ids):
+    """The per-detection conversion the vectorised one replaced: the oracle."""
+    out, dropped = [], 0
+    for (x1, y1, x2, y2), s, l in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+        if l >= len(category_ids):
+            dropped += 1
+            continue
+        out.append({"image_id": int(image_id), "category_id": int(category_ids[int(l)]),
+                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                    "score": round(float(s), 6)})
+    return out, dropped
+
+
+@pytest.mark.parametrize("pattern", ["uniform", "decimal_halves", "dyadic_ties", "large"])
+def test_to_coco_detections_equals_the_per_detection_loop(pattern):
+    """Same entries, same floats bit for bit (json text too): half-way cases, ties, dropped labels."""
+    import json
+
+    from harness.evaluate.coco_eval import to_coco_detections
+
+    rng = np.random.default_rng(7)
+    n = 4000
+    if pattern == "uniform":
+        b = rng.random((n, 4)) * 1000
+    elif pattern == "decimal_halves":  # x.xxx5 in decimal: the float32 is just above or below
+        b = rng.integers(0, 640000, (n, 4)) / 1000 + 0.0005
+    elif pattern == "dyadic_ties":  # k / 1024: exactly half-way at 3 decimals, rounds to even
+        b = rng.integers(0, 1 << 20, (n, 4)) / 1024
+    else:
+        b = rng.random((n, 4)) * 1e6
+    b = b.astype(np.float32)
+    b[:, 2:] += b[:, :2]
+    s = (rng.integers(0, 1 << 21, n) / (1 << 21)).astype(np.float32)  # 7th-decimal ties among them
+    labels = rng.integers(0, 5, n)
+    got = to_coco_detections(3, b, s, labels, [1, 2, 3])
+    exp = _loop_to_coco(3, b, s, labels, [1, 2, 3])
+    assert got[1] == exp[1] > 0  # labels 3 and 4 are beyond the 3 categories
+    assert json.dumps(got[0]) == json.dumps(exp[0])
+    assert to_coco_detections(3, b[:0], s[:0], labels[:0], [1, 2, 3]) == ([], 0)
+
+
+def test_round_like_python_bitwise():
+    from harness.evaluate.coco_eval import round_like_python
+
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.random(100000) * 1e4, np.arange(-4000, 4000) / 8000,
+                             np.arange(0, 5000) / 1000 + 5e-4, np.arange(0, 5000) / 1e6 + 5e-7,
+                             [np.inf, -np.inf, np.nan, 0.0, -0.0, 1e300, -1e-300, 2.0 ** 53, 1e17]])
+    for nd in (3, 6):
+        got = round_like_python(values, nd)
+        exp = np.array([round(v, nd) if np.isfinite(v) else v for v in values.tolist()])
+        same = (got.view(np.int64) == exp.view(np.int64)) | (np.isnan(got) & np.isnan(exp))
+        assert same.all(), values[~same][:5]

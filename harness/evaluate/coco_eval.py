@@ -17,16 +17,61 @@ def to_coco_detections(image_id: int, boxes, scores, labels, category_ids) -> tu
 
     Labels beyond the dataset's categories (a COCO-80 model on a 3-class set)
     cannot be scored and are dropped; the caller reports how many.
+
+    Every value equals Python's ``round(v, 3)`` (box) / ``round(v, 6)`` (score)
+    of the float64 value, computed for the whole array at once: see
+    :func:`round_like_python` (tests/test_coco_eval.py compares with the
+    per-detection loop on every float32 pattern class that matters).
     """
-    out, dropped = [], 0
-    for (x1, y1, x2, y2), s, l in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
-        if l >= len(category_ids):
-            dropped += 1
-            continue
-        out.append({"image_id": int(image_id), "category_id": int(category_ids[int(l)]),
-                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                    "score": round(float(s), 6)})
-    return out, dropped
+    import numpy as np
+
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size == 0:
+        return [], 0
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    ok = labels < len(category_ids)
+    dropped = int(labels.size - np.count_nonzero(ok))
+    if dropped:
+        boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
+    xywh = np.empty_like(boxes)
+    xywh[:, :2] = boxes[:, :2]
+    np.subtract(boxes[:, 2:], boxes[:, :2], out=xywh[:, 2:])  # the same float64 subtraction as x2 - x1
+    bbox = round_like_python(xywh, 3).tolist()
+    score = round_like_python(scores, 6).tolist()
+    cats = np.asarray(category_ids, dtype=np.int64)[labels.astype(np.int64)].tolist()
+    image_id = int(image_id)
+    return [{"image_id": image_id, "category_id": c, "bbox": b, "score": s}
+            for c, b, s in zip(cats, bbox, score)], dropped
+
+
+def round_like_python(values, ndigits: int):
+    """``round(v, ndigits)`` of every float64 in ``values``, vectorised, bit for bit.
+
+    Python rounds the exact binary value half-to-even at ``ndigits`` decimals and
+    returns the double nearest that decimal.  ``rint(v * 10**n) / 10**n`` does the
+    same whenever ``v * 10**n`` is exact in float64 (the division is then correctly
+    rounded to the same nearest double); it can differ only where the product
+    rounds and lands within a rounding error of a half-integer, or is beyond
+    2**52 (or is not finite).  Those rare elements (and non-finite ones) get Python's ``round`` itself.
+    """
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    scale = 10.0 ** ndigits
+    with np.errstate(invalid="ignore", over="ignore"):
+        scaled = values * scale
+        out = np.rint(scaled) / scale
+        frac = np.abs(scaled - np.trunc(scaled))
+        # the product's rounding error is at most half an ulp, < |scaled| * 2**-52; keep a wide margin
+        margin = np.maximum(np.abs(scaled) * 2.0 ** -48, 1e-9)
+        unsure = ~(np.abs(frac - 0.5) > margin) | ~(np.abs(scaled) < 2.0 ** 52)
+    if unsure.any():
+        flat_out, flat_in = out.reshape(-1), values.reshape(-1)
+        for i in np.flatnonzero(unsure.reshape(-1)).tolist():
+            v = float(flat_in[i])
+            flat_out[i] = round(v, ndigits) if np.isfinite(v) else v
+    return out
 
 
 EVALUATORS = ("pycocotools", "faster-coco-eval")

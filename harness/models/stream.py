@@ -11,7 +11,9 @@ once and later cells of the same size read it back instead of decoding.
 
 The batch step is ``Preprocessor.collate`` (the model's data preprocessor on
 the device): the tensors are exactly those of ``Preprocessor.__call__``
-(tests/test_stream.py).  A corrupt image fails the pass with the file named
+(tests/test_stream.py).  Each yielded batch carries ``peek``: it collates the
+next batch ahead (the one the iteration yields next), so a runner can queue the
+next batch's device work before it finishes this one (the PyTorch runner does).  A corrupt image fails the pass with the file named
 (UserError); an error anywhere stops the feeder and its pool, nothing hangs.
 """
 from __future__ import annotations
@@ -54,7 +56,8 @@ class BatchStream:
         self.prefetch = max(1, int(prefetch))
         self.cache = cache
         self.images = list(dataset.images[:limit] if limit else dataset.images)
-        self.stats = {"wait_s": 0.0, "decode_s": 0.0, "cache": "off" if cache is None else "miss",
+        self.stats = {"wait_s": 0.0, "decode_s": 0.0, "collate_s": 0.0,
+                      "cache": "off" if cache is None else "miss",
                       "workers": self.workers, "images": len(self.images)}
         self._pinned = device.startswith("cuda")
 
@@ -65,33 +68,64 @@ class BatchStream:
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         free: queue.Queue = queue.Queue()
-        for _ in range(self.prefetch + 2):  # buffers in the queue, being filled, being copied
+        for _ in range(3):  # host buffers: being filled, queued, being copied; more once sized
             free.put(None)
         feeder = threading.Thread(target=self._feed, args=(q, stop, free), daemon=True,
                                   name="detbench-feeder")
         feeder.start()
+        state = {"ahead": None, "ended": False, "current": None, "sized": False}
+
+        def take():
+            """The next batch, collated (its copy to the device queued), or None at the end."""
+            if state["ended"]:
+                return None
+            t0 = time.perf_counter()
+            item = q.get()
+            self.stats["wait_s"] += time.perf_counter() - t0
+            if item is _END:
+                state["ended"] = True
+                return None
+            if isinstance(item, _Failure):
+                state["ended"] = True
+                raise item.exc
+            host, metas, ids = item
+            if isinstance(host, list):  # images of different shapes: the list path
+                inputs = [torch.from_numpy(a) for a in host]
+                done = None
+            else:
+                if not state["sized"]:
+                    state["sized"] = True
+                    for _ in range(self._more_buffers(host.numel() * host.element_size())):
+                        free.put(None)
+                inputs = host.to(self.device, non_blocking=True)
+                done = torch.cuda.Event() if self._pinned else None
+                if done is not None:
+                    done.record()
+            t1 = time.perf_counter()
+            prepared = self.pre.collate(inputs, metas, ids)
+            self.stats["collate_s"] += time.perf_counter() - t1
+            free.put((host, done) if not isinstance(host, list) else None)
+            return prepared
+
+        def peek_from(owner):
+            def peek():
+                if state["current"] is not owner:  # only the batch being processed looks ahead
+                    return None
+                if state["ahead"] is None:
+                    state["ahead"] = take()
+                return state["ahead"]
+            return peek
+
         try:
             while True:
-                t0 = time.perf_counter()
-                item = q.get()
-                self.stats["wait_s"] += time.perf_counter() - t0
-                if item is _END:
+                prepared, state["ahead"] = (state["ahead"] or take()), None
+                if prepared is None:
                     break
-                if isinstance(item, _Failure):
-                    raise item.exc
-                host, metas, ids = item
-                if isinstance(host, list):  # images of different shapes: the list path
-                    inputs = [torch.from_numpy(a) for a in host]
-                    done = None
-                else:
-                    inputs = host.to(self.device, non_blocking=True)
-                    done = torch.cuda.Event() if self._pinned else None
-                    if done is not None:
-                        done.record()
-                prepared = self.pre.collate(inputs, metas, ids)
-                free.put((host, done) if not isinstance(host, list) else None)
+                prepared.peek = peek_from(prepared)
+                state["current"] = prepared
                 yield prepared
         finally:
+            state["current"] = None
             stop.set()
             while feeder.is_alive():  # unblock a feeder waiting on a full queue or a buffer
                 try:
@@ -100,6 +134,13 @@ class BatchStream:
                 except queue.Empty:
                     free.put(None)
                     feeder.join(0.05)
+
+    _PINNED_BYTES = 128 * 2**20  # host batch buffers beyond the minimum stay under this
+
+    def _more_buffers(self, nbytes: int) -> int:
+        """Buffers to add to the first 3 once a batch's size is known: ``prefetch + 2`` in all,
+        fewer (never below 3) when they would pass ``_PINNED_BYTES``."""
+        return max(3, min(self.prefetch + 2, self._PINNED_BYTES // max(nbytes, 1))) - 3
 
     # ---------------------------------------------------------------- feeder side
     def _put(self, q, stop, item) -> bool:
@@ -163,7 +204,7 @@ class BatchStream:
         try:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="detbench-decode") as pool:
                 pending: deque = deque()
-                ahead = max(2 * self.batch, 2 * self.workers)  # this batch and the next (or 2 per worker)
+                ahead = self.batch + self.workers  # this batch and one image per worker beyond it
                 nxt = 0
                 try:
                     for start in range(0, len(self.images), self.batch):
@@ -178,9 +219,12 @@ class BatchStream:
                         metas = [r[1] for r in results]
                         self.stats["decode_s"] += sum(r[2] for r in results)
                         ids = [im.id for im in self.images[start:start + n]]
-                        if writer is not None and not writer.append(arrays, metas, ids):
-                            writer = None
                         host = self._stack(free, arrays)
+                        del arrays, results  # only the stacked batch stays resident
+                        # the cache is written from the stacked (pinned) batch: no extra copy
+                        block = host if isinstance(host, list) else host.numpy()
+                        if writer is not None and not writer.append(block, metas, ids):
+                            writer = None
                         if not self._put(q, stop, (host, metas, ids)):
                             return
                 finally:
