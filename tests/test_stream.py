@@ -219,3 +219,20 @@ def test_failure_met_by_peek_is_raised_there():
         first.peek()
     batches.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("detbench-")]
+
+
+def test_long_lived_objects_are_frozen_for_the_pass_only():
+    """gc.freeze while the pass runs (cheap collections), unfrozen after it, even on an error."""
+    import gc
+
+    from harness.models.stream import BatchStream
+
+    assert gc.get_freeze_count() == 0
+    stream = BatchStream(_CountingDataset(20), _FakePre(), 8, "cpu", workers=2, prefetch=1)
+    counts = [gc.get_freeze_count() for _ in stream]
+    assert len(counts) == 3 and min(counts) > 0 and stream.stats["gc_frozen"] is True
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError, match="device failed"):
+        for _ in BatchStream(_CountingDataset(20), _FakePre(), 8, "cpu", workers=2, prefetch=1):
+            raise RuntimeError("device failed")
+    assert gc.get_freeze_count() == 0

@@ -50,6 +50,25 @@ def _return_large_blocks_to_the_os() -> bool:
         return False
 
 
+def _freeze_long_lived() -> bool:
+    """Exempt every object that exists now from the cyclic GC while the pass runs (``gc.freeze``).
+
+    The worker holds several hundred thousand long-lived objects (torch, mm* modules, the
+    model); the pass allocates hundreds of thousands more (one COCO entry per detection),
+    which triggers full collections that walk them all.  In a process with torch and the
+    mm* stack imported, building 220,000 COCO entries took 6.2 s with the GC as is and 2.7 s
+    with those objects frozen (the same as with the GC off; CPU machine).  ``gc.unfreeze``
+    at the end puts them back.  False (nothing done) when the GC is off or something else
+    froze objects already.
+    """
+    import gc
+
+    if not gc.isenabled() or gc.get_freeze_count():
+        return False
+    gc.freeze()
+    return True
+
+
 def default_workers() -> int:
     try:
         cores = len(os.sched_getaffinity(0))
@@ -96,6 +115,8 @@ class BatchStream:
                                   name="detbench-feeder")
         feeder.start()
         state = {"ahead": None, "ended": False, "current": None, "sized": False}
+        frozen = _freeze_long_lived()
+        self.stats["gc_frozen"] = frozen
 
         def take():
             """The next batch, collated (its copy to the device queued), or None at the end."""
@@ -148,6 +169,10 @@ class BatchStream:
                 yield prepared
                 del prepared
         finally:
+            if frozen:
+                import gc
+
+                gc.unfreeze()
             state["current"] = None
             stop.set()
             while feeder.is_alive():  # unblock a feeder waiting on a full queue or a buffer
