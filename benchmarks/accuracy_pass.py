@@ -122,6 +122,7 @@ def _case(case: str, args, work: Path) -> dict:
         rows[attempt] = {
             "status": "ok", "run": got["run"], "AP": cell.metrics["AP"], "AP50": cell.metrics["AP50"],
             "detections": cell.metrics["detections"],
+            "dropped_labels": cell.metrics.get("dropped_labels"),
             "model_only_ips": round(model_ips, 1), "model_region": cell.latency.get("region"),
             "model_median_ms": round(cell.latency["median_ms"], 3),
             "accuracy_pass_ips": round(pass_ips, 1), "ratio": round(pass_ips / model_ips, 3),
@@ -129,6 +130,7 @@ def _case(case: str, args, work: Path) -> dict:
             "cell_wall_s_incl_spawn": round(r.wall_s, 2),
             "fixed_overhead_s": round(st.get("startup", 0) + st.get("load", 0), 2),
             "input_stream": res.get("provenance", {}).get("input_stream"),
+            "warmup_s": res.get("provenance", {}).get("warmup_s"),
             "load_breakdown": res.get("provenance", {}).get("load_breakdown"),
             "peak_rss_mb": (cell.telemetry or {}).get("worker_peak_rss_mb"),
             "torch_peak_memory_mb": (cell.telemetry or {}).get("torch_peak_memory_mb"),
@@ -150,8 +152,9 @@ def _markdown(doc: dict) -> str:
     lines = [f"# Accuracy pass — {doc['card']} — {doc['date']}", "",
              f"detbench {doc['git']}, evaluator {doc['evaluator']}, command: `{doc['command']}`", "",
              "| case | cache | images | model-only img/s | accuracy-pass img/s | ratio | cell s | "
-             "startup s | load s | infer s | eval s | measure s | peak RSS MB | AP |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "startup s | load s (warm-up s) | infer s | model+post s | to_coco s | wait s | eval s | "
+             "measure s | peak RSS MB | AP | detections |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in doc["cases"]:
         for attempt in ("cold", "warm"):
             r = c.get(attempt)
@@ -161,11 +164,14 @@ def _markdown(doc: dict) -> str:
                 lines.append(f"| {c['case']} | {attempt} | {c['images']} | {r['status']} at {r['stage']}: "
                              f"{r['error']} |")
                 continue
-            s = r["stage_s"]
+            s, st = r["stage_s"], r.get("input_stream") or {}
+            warm = f" ({r['warmup_s']})" if r.get("warmup_s") is not None else ""
             lines.append(f"| {c['case']} ({c['imgsz']} px) | {attempt} | {c['images']} | {r['model_only_ips']} | "
                          f"{r['accuracy_pass_ips']} | {r['ratio']} | {r['cell_duration_s']} | "
-                         f"{s.get('startup', '')} | {s.get('load', '')} | {s.get('infer', '')} | "
-                         f"{s.get('eval', '')} | {s.get('measure', '')} | {r['peak_rss_mb']} | {r['AP']:.4f} |")
+                         f"{s.get('startup', '')} | {s.get('load', '')}{warm} | {s.get('infer', '')} | "
+                         f"{st.get('model_post_s', '')} | {st.get('to_coco_s', '')} | {st.get('wait_s', '')} | "
+                         f"{s.get('eval', '')} | {s.get('measure', '')} | {r['peak_rss_mb']} | {r['AP']:.4f} | "
+                         f"{r['detections']} |")
     lines += ["", "Synthetic datasets (`detbench synth`, all cores): " + ", ".join(
         f"{c['synth']['images']} × {c['synth']['size']} px in {c['synth']['wall_s']} s "
         f"({c['synth']['cores']} cores)" for c in doc["cases"])]
@@ -175,7 +181,9 @@ def _markdown(doc: dict) -> str:
               "tensor on the device → decoded boxes + scores); accuracy pass = images ÷ the `infer` "
               "stage's wall seconds (streamed decode + preprocess + model + batched GPU NMS + COCO "
               "conversion); cold = the preprocessed-input cache was empty, warm = a second cell of the "
-              "same size (cache hit)."]
+              "same size (cache hit).  model+post / to_coco / wait: the infer stage's parts (runner.infer "
+              "calls, COCO conversion, waiting for input); warm-up: the runner's one-time model + NMS run "
+              "at the pass's batch shapes, part of load."]
     return "\n".join(lines) + "\n"
 
 
@@ -191,6 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--work", type=Path, default=Path("/tmp/detbench-accuracy-pass"))
     ap.add_argument("--cpu-figures", action="store_true", help="also time synth 5,000 and README command 1")
+    ap.add_argument("--tag", default="", help="suffix of the result files (keeps earlier files of the same day)")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -209,6 +218,7 @@ def main(argv=None) -> int:
         doc["cpu_figures"] = _cpu_figures(args.work)
     slug = re.sub(r"[^A-Za-z0-9]+", "_", card).strip("_").lower()
     suffix = "" if args.evaluator == "pycocotools" else f"_{args.evaluator.replace('-', '_')}"
+    suffix += f"_{re.sub(r'[^A-Za-z0-9]+', '_', args.tag)}" if args.tag else ""
     stem = args.out / f"accuracy_pass_{slug}_{date}{suffix}"
     stem.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))
     stem.with_suffix(".md").write_text(_markdown(doc))

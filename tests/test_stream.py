@@ -178,3 +178,61 @@ def test_dataset_hash_memo_rehashes_only_changed_files(synth_val, tmp_path, monk
     calls.clear()
     changed = input_cache.dataset_hash(ann, paths, memo_dir=tmp_path / "memo")
     assert sorted(calls) == sorted([paths[2].name, paths[3].name, ann.name]) and changed != plain
+
+
+def test_peek_looks_ahead_without_changing_the_sequence():
+    """``peek`` collates the next batch early; iteration then yields that same batch, in order."""
+    from harness.models.stream import BatchStream
+
+    ds = _CountingDataset(37)
+    plain = [p.image_ids for p in BatchStream(ds, _FakePre(), 8, "cpu", workers=2, prefetch=1)]
+    seen, peeked = [], []
+    stream = BatchStream(_CountingDataset(37), _FakePre(), 8, "cpu", workers=2, prefetch=1)
+    previous = None
+    for prepared in stream:
+        if previous is not None:
+            assert previous.peek() is None  # only the batch being processed looks ahead
+            assert prepared is peeked[-1]  # the batch peeked is the batch yielded next
+        nxt = prepared.peek()
+        assert nxt is prepared.peek()  # asking twice takes nothing more from the stream
+        peeked.append(nxt)
+        seen.append(prepared.image_ids)
+        previous = prepared
+    assert seen == plain and len(seen) == 5
+    assert peeked[-1] is None  # at the end there is nothing ahead
+
+
+def test_failure_met_by_peek_is_raised_there():
+    from harness.models.stream import BatchStream
+
+    class Failing(_CountingDataset):
+        def read(self, image):
+            if image.id == 9:
+                raise RuntimeError("broken image 9")
+            return super().read(image)
+
+    stream = BatchStream(Failing(20), _FakePre(), 8, "cpu", workers=2, prefetch=1)
+    batches = iter(stream)
+    first = next(batches)
+    assert first.image_ids == list(range(8))
+    with pytest.raises(RuntimeError, match="broken image 9"):
+        first.peek()
+    batches.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("detbench-")]
+
+
+def test_long_lived_objects_are_frozen_for_the_pass_only():
+    """gc.freeze while the pass runs (cheap collections), unfrozen after it, even on an error."""
+    import gc
+
+    from harness.models.stream import BatchStream
+
+    assert gc.get_freeze_count() == 0
+    stream = BatchStream(_CountingDataset(20), _FakePre(), 8, "cpu", workers=2, prefetch=1)
+    counts = [gc.get_freeze_count() for _ in stream]
+    assert len(counts) == 3 and min(counts) > 0 and stream.stats["gc_frozen"] is True
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError, match="device failed"):
+        for _ in BatchStream(_CountingDataset(20), _FakePre(), 8, "cpu", workers=2, prefetch=1):
+            raise RuntimeError("device failed")
+    assert gc.get_freeze_count() == 0

@@ -8,6 +8,17 @@ exported ONNX/TensorRT graphs.  Postprocessing is mmyolo's score threshold,
 pre-top-k, NMS, keep-top-k and rescale (tested equal to ``predict_by_feat``):
 batched on the GPU for CUDA cells (``harness.export.device_nms``), image by
 image with mmdet/mmcv's helpers on CPU (``harness.export.host_nms``).
+
+On CUDA, ``infer`` overlaps batches when the stream offers a look-ahead
+(``Prepared.peek``, :class:`harness.models.stream.BatchStream`): it queues the
+next batch's model on the main stream before finishing this one, whose NMS
+runs on a side stream (after an event on its model outputs) and whose results
+come back in one non-blocking copy into pinned memory.  The host's work on
+this batch (COCO conversion) then overlaps the device's work on the next.
+``load`` runs the model and NMS once at the pass's batch shapes (``warmup_s``
+in the facts): CUDA's lazy kernel loading and cuDNN's per-shape heuristics
+are paid there, not inside the accuracy pass.  Results are those of the plain
+call (tests/test_pytorch_overlap.py).
 """
 from __future__ import annotations
 
@@ -31,6 +42,32 @@ class PyTorchRunner(Runner):
         self.head = self.model.bbox_head
         self.test_cfg = self.ctx.mm_test_cfg(self.head.test_cfg)
         self.info.facts.update({"dtype": str(self.dtype), "device": device})
+        self._cuda = device.startswith("cuda")
+        self._ahead = None  # (Prepared, job) queued by the look-ahead
+        if self._cuda:
+            self._warmup()
+
+    def _warmup(self) -> None:
+        """Model + NMS once per batch shape of the pass (full batches and the last, shorter one)."""
+        import time
+
+        import numpy as np
+        import torch
+
+        t0 = time.perf_counter()
+        batch, size = int(self.cell["batch"]), int(self.cell["imgsz"])
+        try:
+            total = len(self.ctx.dataset.images)
+        except AttributeError:  # a context without a dataset (tests, tools)
+            total = batch
+        shapes = [batch] + ([total % batch] if total % batch and total > batch else [])
+        for n in shapes:
+            metas = [{"ori_shape": (size, size), "scale_factor": (1.0, 1.0),
+                      "pad_param": np.zeros(4, dtype=np.float32)}] * n
+            x = torch.zeros((n, 3, size, size), device=self.cell["device"])
+            self._finish(self._launch(x, metas))
+        torch.cuda.synchronize()
+        self.info.facts["warmup_s"] = round(time.perf_counter() - t0, 3)
 
     def _deploy_model(self):
         from harness.export.deploy import DeployModel
@@ -79,17 +116,60 @@ class PyTorchRunner(Runner):
         self._graph = graph
         return graph.replay
 
+    # ------------------------------------------------------------------ CUDA: overlapped batches
+    def infer(self, prepared):
+        if not getattr(self, "_cuda", False):
+            return super().infer(prepared)
+        ahead, self._ahead = self._ahead, None
+        job = ahead[1] if ahead is not None and ahead[0] is prepared else \
+            self._launch(prepared.inputs, prepared.metas)
+        peek = getattr(prepared, "peek", None)
+        nxt = peek() if peek is not None else None
+        if nxt is not None:  # the next batch's model is queued before this one is finished
+            self._ahead = (nxt, self._launch(nxt.inputs, nxt.metas))
+        return self._finish(job)
+
+    def _launch(self, inputs, metas):
+        """Queue the model on the current stream; returns what ``_finish`` needs."""
+        import torch
+
+        with torch.inference_mode():
+            boxes, scores = self._deploy_model()(inputs.to(self.dtype))
+        done = torch.cuda.Event()
+        done.record()
+        return boxes, scores, done, metas
+
+    def _finish(self, job) -> list:
+        """NMS on the side stream once the model's outputs are ready; one copy to pinned memory."""
+        import torch
+
+        from harness.export.device_nms import batched_postprocess
+
+        boxes, scores, done, metas = job
+        side = getattr(self, "_side", None)
+        if side is None or side.device != boxes.device:
+            side = self._side = torch.cuda.Stream(device=boxes.device)
+        side.wait_event(done)
+        with torch.cuda.stream(side), torch.inference_mode():
+            boxes.record_stream(side)
+            scores.record_stream(side)
+            outs = batched_postprocess(boxes, scores, metas, self.test_cfg)
+            host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in outs]
+            for h, t in zip(host, outs):
+                h.copy_(t, non_blocking=True)
+        side.synchronize()
+        b, s, l, n = (h.numpy() for h in host)
+        return [Detections(b[i, :k], s[i, :k], l[i, :k]) for i, k in enumerate(n.tolist())]
+
     def postprocess(self, raw, metas):
         import torch
 
         boxes, scores = raw
         with torch.inference_mode():
             if boxes.is_cuda:
-                from harness.export.device_nms import batched_postprocess
-
-                b, s, l, n = batched_postprocess(boxes, scores, metas, self.test_cfg)
-                b, s, l, n = b.cpu().numpy(), s.cpu().numpy(), l.cpu().numpy(), n.tolist()
-                return [Detections(b[i, :k], s[i, :k], l[i, :k]) for i, k in enumerate(n)]
+                done = torch.cuda.Event()
+                done.record()
+                return self._finish((boxes, scores, done, metas))
             from harness.export.host_nms import host_postprocess
 
             return [Detections(b.numpy(), s.numpy(), l.numpy())
@@ -101,3 +181,4 @@ class PyTorchRunner(Runner):
 
     def close(self) -> None:
         self.model = self.head = self._deploy = None
+        self._ahead = None

@@ -162,8 +162,11 @@ class CacheWriter:
         if shape != self.shape or any(tuple(a.shape) != shape for a in arrays):
             self.abort()  # not one shape: nothing to cache (the pass itself goes on)
             return False
-        self._file.write(np.ascontiguousarray(arrays).tobytes() if isinstance(arrays, np.ndarray)
-                         else b"".join(np.ascontiguousarray(a).tobytes() for a in arrays))
+        if isinstance(arrays, np.ndarray):  # a stacked batch: written from its own memory, no copy
+            self._file.write(memoryview(np.ascontiguousarray(arrays).reshape(-1)))
+        else:
+            for a in arrays:
+                self._file.write(memoryview(np.ascontiguousarray(a).reshape(-1)))
         self.metas.extend(_encode_meta(m) for m in metas)
         self.image_ids.extend(int(i) for i in image_ids)
         return True

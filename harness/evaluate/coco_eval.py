@@ -17,24 +17,114 @@ def to_coco_detections(image_id: int, boxes, scores, labels, category_ids) -> tu
 
     Labels beyond the dataset's categories (a COCO-80 model on a 3-class set)
     cannot be scored and are dropped; the caller reports how many.
+
+    Every value equals Python's ``round(v, 3)`` (box) / ``round(v, 6)`` (score)
+    of the float64 value, computed for the whole array at once: see
+    :func:`round_like_python` (tests/test_coco_eval.py compares with the
+    per-detection loop on every float32 pattern class that matters).
     """
-    out, dropped = [], 0
-    for (x1, y1, x2, y2), s, l in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
-        if l >= len(category_ids):
-            dropped += 1
-            continue
-        out.append({"image_id": int(image_id), "category_id": int(category_ids[int(l)]),
-                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                    "score": round(float(s), 6)})
-    return out, dropped
+    import numpy as np
+
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size == 0:
+        return [], 0
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    ok = labels < len(category_ids)
+    dropped = int(labels.size - np.count_nonzero(ok))
+    if dropped:
+        boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
+    xywh = np.empty_like(boxes)
+    xywh[:, :2] = boxes[:, :2]
+    np.subtract(boxes[:, 2:], boxes[:, :2], out=xywh[:, 2:])  # the same float64 subtraction as x2 - x1
+    bbox = round_like_python(xywh, 3).tolist()
+    score = round_like_python(scores, 6).tolist()
+    cats = np.asarray(category_ids, dtype=np.int64)[labels.astype(np.int64)].tolist()
+    image_id = int(image_id)
+    return [{"image_id": image_id, "category_id": c, "bbox": b, "score": s}
+            for c, b, s in zip(cats, bbox, score)], dropped
+
+
+def to_coco_rows(image_ids, detections, category_ids):
+    """A whole batch at once: ``(rows (N, 7) float64, dropped)``, no per-detection Python.
+
+    ``detections``: one ``(boxes, scores, labels)`` (or object with those attributes) per
+    image id.  Rows are pycocotools' numpy result format ``[image_id, x, y, w, h, score,
+    category_id]`` holding exactly the values :func:`to_coco_detections` puts in its
+    entries (same rounding, same order); :func:`rows_to_detections` gives those entries
+    back, and :func:`evaluate` takes the rows directly.
+    """
+    import numpy as np
+
+    parts = [(d.boxes, d.scores, d.labels) if hasattr(d, "boxes") else d for d in detections]
+    counts = [len(np.asarray(p[2]).reshape(-1)) for p in parts]
+    if not sum(counts):
+        return np.zeros((0, 7)), 0
+    boxes = np.concatenate([np.asarray(p[0], dtype=np.float64).reshape(-1, 4) for p in parts])
+    scores = np.concatenate([np.asarray(p[1], dtype=np.float64).reshape(-1) for p in parts])
+    labels = np.concatenate([np.asarray(p[2]).reshape(-1) for p in parts]).astype(np.int64)
+    ids = np.repeat(np.asarray([int(i) for i in image_ids], dtype=np.float64), counts)
+    ok = labels < len(category_ids)
+    dropped = int(labels.size - np.count_nonzero(ok))
+    rows = np.empty((int(np.count_nonzero(ok)), 7))
+    rows[:, 0] = ids[ok]
+    xywh = boxes[ok]
+    xywh[:, 2:] -= xywh[:, :2]  # the same float64 subtraction as x2 - x1
+    rows[:, 1:5] = round_like_python(xywh, 3)
+    rows[:, 5] = round_like_python(scores[ok], 6)
+    rows[:, 6] = np.asarray(category_ids, dtype=np.float64)[labels[ok]]
+    return rows, dropped
+
+
+def rows_to_detections(rows) -> list[dict]:
+    """The COCO json entries of :func:`to_coco_rows`'s rows (equal to :func:`to_coco_detections`')."""
+    import numpy as np
+
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 7)
+    ids = rows[:, 0].astype(np.int64).tolist()
+    cats = rows[:, 6].astype(np.int64).tolist()
+    return [{"image_id": i, "category_id": c, "bbox": b, "score": s}
+            for i, c, b, s in zip(ids, cats, rows[:, 1:5].tolist(), rows[:, 5].tolist())]
+
+
+def round_like_python(values, ndigits: int):
+    """``round(v, ndigits)`` of every float64 in ``values``, vectorised, bit for bit.
+
+    Python rounds the exact binary value half-to-even at ``ndigits`` decimals and
+    returns the double nearest that decimal.  ``rint(v * 10**n) / 10**n`` does the
+    same whenever ``v * 10**n`` is exact in float64 (the division is then correctly
+    rounded to the same nearest double); it can differ only where the product
+    rounds and lands within a rounding error of a half-integer, or is beyond
+    2**52 (or is not finite).  Those rare elements (and non-finite ones) get Python's ``round`` itself.
+    """
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    scale = 10.0 ** ndigits
+    with np.errstate(invalid="ignore", over="ignore"):
+        scaled = values * scale
+        out = np.rint(scaled) / scale
+        frac = np.abs(scaled - np.trunc(scaled))
+        # the product's rounding error is at most half an ulp, < |scaled| * 2**-52; keep a wide margin
+        margin = np.maximum(np.abs(scaled) * 2.0 ** -48, 1e-9)
+        unsure = ~(np.abs(frac - 0.5) > margin) | ~(np.abs(scaled) < 2.0 ** 52)
+    if unsure.any():
+        flat_out, flat_in = out.reshape(-1), values.reshape(-1)
+        for i in np.flatnonzero(unsure.reshape(-1)).tolist():
+            v = float(flat_in[i])
+            flat_out[i] = round(v, ndigits) if np.isfinite(v) else v
+    return out
 
 
 EVALUATORS = ("pycocotools", "faster-coco-eval")
 
 
-def evaluate(ann_file: str | Path, detections: list[dict], image_ids: list[int],
+def evaluate(ann_file: str | Path, detections, image_ids: list[int],
              evaluator: str = "pycocotools") -> dict:
     """Run COCOeval on the given images; returns stats, per-class AP and the log text.
+
+    ``detections``: COCO json entries, or the (N, 7) rows of :func:`to_coco_rows`
+    (turned into the same entries here: the statistics are identical).
 
     ``evaluator``: ``pycocotools`` (the reference) or ``faster-coco-eval`` (its
     C++ reimplementation, same 12 statistics and precision array; tested equal to
@@ -55,11 +145,17 @@ def evaluate(ann_file: str | Path, detections: list[dict], image_ids: list[int],
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         gt = COCO(str(ann_file))
+        if hasattr(detections, "shape"):  # to_coco_rows' array: fresh entries, no json copy
+            detections = rows_to_detections(detections)
+            fresh = True
+        else:
+            fresh = False
         if not detections:  # nothing found: 0 where there was something to find, else undefined
             present = _gt_present(gt, image_ids)
             stats = {name: (0.0 if present[_area(name)] else None) for name in STAT_NAMES}
             return {"stats": stats, "per_class": [], "log": "no detections", "evaluator": evaluator}
-        dt = gt.loadRes(json.loads(json.dumps(detections)))
+        # loadRes adds keys to the entries it is given: hand it a copy of the caller's
+        dt = gt.loadRes(detections if fresh else json.loads(json.dumps(detections)))
         if evaluator == "faster-coco-eval":
             ev = COCOeval(gt, dt, "bbox", print_function=print)
         else:

@@ -18,6 +18,9 @@ class Prepared:
     inputs: Any  # torch.Tensor, N x 3 x H x W, normalised float32 on the target device
     metas: list[dict] = field(default_factory=list)
     image_ids: list[int] = field(default_factory=list)
+    # set by a streaming pass: a call returning the next batch (collated now) or None at the
+    # end, so a runner can queue the next batch's device work before finishing this one
+    peek: Any = field(default=None, repr=False, compare=False)
 
 
 class Preprocessor:
