@@ -193,3 +193,16 @@ def test_worker_start_setting(monkeypatch):
     monkeypatch.setenv("DETBENCH_WORKER_START", "spawn")
     launcher = _Launcher(Path("/nonexistent"), [], lambda kind, data: None)
     assert launcher.get() is None  # every cell spawns `python -m harness.runner.worker`
+
+
+def test_preload_spec_leaves_onnxruntime_to_cuda_cells():
+    """ONNX Runtime's CUDA libraries must load after torch's CUDA (in the cell), never in the zygote."""
+    from harness.runner.zygote import preload_spec
+
+    cpu = {"backend": "onnxruntime", "device": "cpu", "eval": {"evaluator": "faster-coco-eval"},
+           "model_spec": {"name": "m", "onnx": {"path": "m.onnx"}}}
+    cuda = {**cpu, "device": "cuda:0"}
+    assert "onnxruntime" in preload_spec([cpu])["modules"]
+    assert "faster_coco_eval" in preload_spec([cpu])["modules"]
+    assert "onnxruntime" not in preload_spec([cpu, cuda])["modules"]
+    assert preload_spec([cpu])["configs"] == []  # an ONNX model has no mmyolo config

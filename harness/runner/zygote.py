@@ -44,10 +44,10 @@ _BASE = ("numpy", "cv2", "torch", "pycocotools.coco", "pycocotools.cocoeval", "m
          "harness.runner.worker", "harness.measure.provenance", "harness.measure.measure_cell",
          "harness.models.stream", "harness.models.preprocess", "harness.evaluate.coco_eval",
          "harness.data.input_cache", "harness.export.deploy", "harness.models.mmyolo_build")
-#: what a backend's cells import besides (TensorRT is left to the cell: its import may touch the driver)
+#: what a backend's cells import besides (TensorRT is left to the cell: its import may touch the
+#: driver; onnxruntime too on CUDA, where its CUDA libraries must load after torch's, in the cell)
 _BY_BACKEND = {"pytorch": ("harness.backends.pytorch",),
-               "onnxruntime": ("onnx", "onnxruntime", "harness.backends.onnxruntime",
-                               "harness.export.loader"),
+               "onnxruntime": ("onnx", "harness.backends.onnxruntime", "harness.export.loader"),
                "tensorrt": ("onnx", "harness.export.loader")}
 _BY_EVALUATOR = {"faster-coco-eval": ("faster_coco_eval",)}
 
@@ -66,16 +66,20 @@ def preload_spec(cells) -> dict:
     and their mmyolo configs (read once, copied into each cell)."""
     from harness.models.table import packaged_config
 
-    names, configs = list(_BASE), []
+    names, configs, ort_devices = list(_BASE), [], set()
     for cell in cells:
         params = cell if isinstance(cell, dict) else cell.params
         names += _BY_BACKEND.get(params.get("backend"), ())
+        if params.get("backend") == "onnxruntime":
+            ort_devices.add(str(params.get("device")).split(":")[0])
         names += _BY_EVALUATOR.get((params.get("eval") or {}).get("evaluator"), ())
         spec = params.get("model_spec") or {}
         if not (spec.get("onnx") or spec.get("ultralytics")) and spec.get("name"):
             config = spec.get("config") or (spec["name"] in _table() and packaged_config(spec["name"]))
             if config:
                 configs.append(str(config))
+    if ort_devices == {"cpu"}:
+        names.append("onnxruntime")
     return {"modules": list(dict.fromkeys(names)), "configs": list(dict.fromkeys(configs))}
 
 
