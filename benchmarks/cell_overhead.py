@@ -73,11 +73,16 @@ def _run(mode: str, work: Path, data: Path, device: str, batches: list[int]) -> 
                 {"DETBENCH_WORKER_START": mode}, folder)
     store = Store(f"sqlite:///{db}", readonly=True)
     run = store.get_run("latest")
-    cells = sorted(store.cells(run.id), key=lambda c: c.started_at)
+    cells = sorted(store.cells(run.id), key=lambda c: (c.started_at is None, c.started_at or 0))
     rows = []
     for c in cells:
         st = c.stage_times or {}
         prov = c.provenance or {}
+        if c.started_at is None or c.finished_at is None:  # not run (an interrupted benchmark)
+            rows.append({"key": c.key, "status": c.status, "error": c.error, "wall_s": None,
+                         "overhead_s": None, "load_s": None, "startup_s": None, "stage_times": {},
+                         "load_breakdown": None, "worker_start": None})
+            continue
         cell_wall = (c.finished_at - c.started_at).total_seconds()
         work_s = sum(float(st.get(k, 0.0)) for k in ("infer", "eval", "measure"))
         rows.append({"key": c.key, "status": c.status, "error": c.error, "wall_s": round(cell_wall, 3),
