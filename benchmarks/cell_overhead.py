@@ -96,12 +96,14 @@ def _run(mode: str, work: Path, data: Path, device: str, batches: list[int]) -> 
         line = next((x for x in log.read_text().splitlines() if x.startswith("[detbench] zygote ")), None)
         if line:
             info = json.loads(line.removeprefix("[detbench] zygote "))
-            zygote = {k: info.get(k) for k in ("ok", "total_s", "import_s", "cuda_initialized",
-                                               "nvidia_device_files", "native_threads", "missing")}
+            zygote = {k: info.get(k) for k in ("ok", "reason", "total_s", "import_s", "cuda_query",
+                                               "cuda_initialized", "nvidia_device_files",
+                                               "native_threads", "missing")}
     ok = [r for r in rows if r["status"] == "ok"]
     later = ok[1:]
     summary = {
         "cells": len(rows), "ok": len(ok), "run_wall_s": round(wall, 2),
+        "worker_start": sorted({str(r["worker_start"]) for r in ok}),  # forkserver fell back: spawn
         "first_cell_overhead_s": ok[0]["overhead_s"] if ok else None,
         "median_overhead_s": _median([r["overhead_s"] for r in ok]),
         "median_overhead_after_first_s": _median([r["overhead_s"] for r in later]),
@@ -147,12 +149,12 @@ def _markdown(doc: dict) -> str:
              f"detbench {doc['git']}, command: `{doc['command']}`", "",
              f"Cells: random-weight {', '.join(MODELS)}, PyTorch fp32, 320 px, {doc['images']} synthetic "
              "images, warmup 2 + 10 timed iterations. overhead = cell wall − (infer + eval + measure).", "",
-             "| worker start | cells ok | run s | first cell overhead s | median overhead s (after first) | "
+             "| run (cells' worker start) | cells ok | run s | first cell overhead s | median overhead s (after first) | "
              "max overhead s (after first) | median load s (after first) |",
              "|---|---|---|---|---|---|---|"]
     for r in doc["runs"]:
         s = r["summary"]
-        lines.append(f"| {r['mode']} | {s['ok']}/{s['cells']} | {s['run_wall_s']} | {s['first_cell_overhead_s']} | "
+        lines.append(f"| {r['mode']} ({', '.join(s.get('worker_start') or ['?'])}) | {s['ok']}/{s['cells']} | {s['run_wall_s']} | {s['first_cell_overhead_s']} | "
                      f"{s['median_overhead_after_first_s']} | {s['max_overhead_after_first_s']} | "
                      f"{s['median_load_after_first_s']} |")
     for r in doc["runs"]:
@@ -168,7 +170,9 @@ def _markdown(doc: dict) -> str:
         if r["zygote"]:
             z = r["zygote"]
             slow = sorted(z["import_s"].items(), key=lambda kv: -kv[1])[:6]
-            lines += ["", f"Zygote (once per run, before the first cell): {z['total_s']} s; CUDA initialised: "
+            lines += ["", f"Zygote (once per run, before the first cell): ready {z['ok']}"
+                      f"{' (' + z['reason'] + ')' if z.get('reason') else ''}, {z['total_s']} s; "
+                      f"CUDA questions answered by a helper process: {json.dumps(z.get('cuda_query'))}; CUDA initialised: "
                       f"{z['cuda_initialized']}; NVIDIA device files open: {z['nvidia_device_files'] or 'none'}; "
                       f"slowest: " + ", ".join(f"{Path(k).name} {v} s" for k, v in slow)]
     lines += ["", f"Python on this host: {json.dumps(doc['python'])}"]
@@ -184,6 +188,9 @@ def main(argv=None) -> int:
                     help="3 (batch 16) or 6 (batch 1 and 16) cells of the three models")
     ap.add_argument("--spawn-cells", type=int, default=6, choices=(0, 3, 6))
     ap.add_argument("--work", type=Path, default=Path("/tmp/detbench-cell-overhead"))
+    ap.add_argument("--spawn-from", type=Path,
+                    help="with --spawn-cells 0: take the spawn run from this earlier JSON of the script "
+                         "(same card; its date and commit are kept with it)")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -205,6 +212,16 @@ def main(argv=None) -> int:
     for mode, batches in plan:
         doc["runs"].append(_run(mode, args.work, data, args.device, batches))
         print(json.dumps(doc["runs"][-1]["summary"]), flush=True)
+    if args.spawn_from and not args.spawn_cells:
+        earlier = json.loads(args.spawn_from.read_text())
+        if earlier["card"] != card:
+            raise SystemExit(f"--spawn-from {args.spawn_from} was measured on {earlier['card']}, not {card}")
+        for r in earlier["runs"]:
+            if r["mode"] == "spawn":
+                r["summary"].setdefault("worker_start", sorted({str(c["worker_start"]) for c in r["cells"]
+                                                                if c["status"] == "ok"}))
+                doc["runs"].append({**r, "mode": f"spawn (from {args.spawn_from.name}: {earlier['date']}, "
+                                                 f"detbench {earlier['git']})"})
     slug = re.sub(r"[^A-Za-z0-9]+", "_", card).strip("_").lower()
     stem = args.out / f"cell_overhead_{slug}_{doc['date']}"
     stem.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))

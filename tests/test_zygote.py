@@ -206,3 +206,32 @@ def test_preload_spec_leaves_onnxruntime_to_cuda_cells():
     assert "faster_coco_eval" in preload_spec([cpu])["modules"]
     assert "onnxruntime" not in preload_spec([cpu, cuda])["modules"]
     assert preload_spec([cpu])["configs"] == []  # an ONNX model has no mmyolo config
+
+
+def test_cuda_questions_at_import_time_are_answered_by_a_helper_process():
+    """mmengine/mmcv ask torch.cuda.is_available()/device_count() while they import: in the zygote
+    a helper process answers (a CUDA call there would break every forked child's CUDA)."""
+    torch = pytest.importorskip("torch")
+    from harness.runner.zygote import _CudaAnswers
+
+    real = (torch.cuda.is_available, torch.cuda.device_count)
+    answers = _CudaAnswers()
+    answers.proc = subprocess.Popen([sys.executable, "-c", "print(1, 3)"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)  # stands in for the query
+    answers.install(torch)
+    try:
+        assert torch.cuda.is_available() is True and torch.cuda.device_count() == 3
+        assert not torch.cuda.is_initialized()
+    finally:
+        answers.uninstall()
+    assert (torch.cuda.is_available, torch.cuda.device_count) == real
+    assert answers.report()["answer"] == (True, 3)
+    broken = _CudaAnswers()
+    broken.proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+    broken.install(torch)
+    try:  # no answer: the real functions answer (and readiness() would see what they did)
+        assert torch.cuda.is_available() == real[0]()
+    finally:
+        broken.uninstall()
+    assert broken.report()["error"].startswith("exit 1")

@@ -218,15 +218,27 @@ def _read_stage(work_dir: Path) -> Optional[str]:
 def _preload(spec: dict) -> dict:
     """Import ``spec["modules"]`` (prepare mmyolo's registries once) and read ``spec["configs"]``;
     report what was done and how long each took."""
+    t0 = time.perf_counter()
+    done, missing, per = [], {}, {}
+    cuda = _CudaAnswers()  # started first: it runs beside the imports
+    try:
+        _import_all(spec, done, missing, per, cuda)
+    finally:
+        cuda.uninstall()
+    return {"preloaded": done, "missing": missing, "import_s": per, "cuda_query": cuda.report(),
+            "total_s": round(time.perf_counter() - t0, 3)}
+
+
+def _import_all(spec: dict, done: list, missing: dict, per: dict, cuda: "_CudaAnswers") -> None:
     import importlib
     import traceback
 
-    t0 = time.perf_counter()
-    done, missing, per = [], {}, {}
     for name in spec.get("modules", ()):
         t = time.perf_counter()
         try:
             importlib.import_module(name)
+            if name == "torch":
+                cuda.install(sys.modules["torch"])
             done.append(name)
         except ImportError as exc:  # an optional package: the cell imports it again, loudly
             missing[name] = str(exc)[:200]
@@ -255,8 +267,93 @@ def _preload(spec: dict) -> dict:
             except Exception as exc:  # a broken config is its cell's error (UserError at load)
                 missing[config] = f"{type(exc).__name__}: {str(exc)[:200]}"
             per[config] = round(time.perf_counter() - t, 3)
-    return {"preloaded": done, "missing": missing, "import_s": per,
-            "total_s": round(time.perf_counter() - t0, 3)}
+
+
+#: what a fresh process answers (the zygote must not ask: see _CudaAnswers)
+_CUDA_QUERY = "import torch; print(int(torch.cuda.is_available()), torch.cuda.device_count())"
+
+
+class _CudaAnswers:
+    """``torch.cuda.is_available()`` / ``device_count()`` as a fresh process answers them, with no
+    CUDA call in the zygote.
+
+    mmengine and mmcv ask at import time (``mmengine.device``, ``mmcv.utils.device_type``,
+    ``MMLogger``), and keep the answers in module globals.  Asking in the zygote would run
+    ``cudaGetDeviceCount``, which initialises the CUDA driver: a forked child could not use the
+    GPU.  A helper process (same interpreter and environment, so the answer a spawned worker
+    gets) asks instead; it starts before the imports and runs beside them, and while the zygote
+    imports, torch.cuda's two functions return its answers.  Only for a torch built with CUDA
+    (a CPU build answers without touching any driver).  If the helper fails, the real functions
+    answer, and readiness() then refuses the zygote (the run spawns its workers).
+    """
+
+    def __init__(self):
+        self.proc, self.answer, self.error, self.originals = None, None, None, None
+        self.t0 = time.perf_counter()
+        self.waited_s = 0.0
+        if _torch_has_cuda():
+            self.proc = subprocess.Popen([sys.executable, "-c", _CUDA_QUERY], stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+    def get(self):
+        if self.answer is None and self.proc is not None and self.error is None:
+            t = time.perf_counter()
+            try:
+                out, err = self.proc.communicate(timeout=300)
+                available, count = out.split()[-2:]
+                self.answer = (bool(int(available)), int(count))
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
+                self.error = "timed out"
+            except ValueError:
+                self.error = f"exit {self.proc.returncode}: {(err or out).strip()[-300:]}"
+            self.waited_s += time.perf_counter() - t
+        return self.answer
+
+    def install(self, torch) -> None:
+        if self.proc is None or self.originals is not None:
+            return
+        cuda = torch.cuda
+        self.originals = (cuda, cuda.is_available, cuda.device_count)
+        is_available, device_count = cuda.is_available, cuda.device_count
+
+        def answered_is_available() -> bool:
+            answer = self.get()
+            return answer[0] if answer else is_available()
+
+        def answered_device_count() -> int:
+            answer = self.get()
+            return answer[1] if answer else device_count()
+
+        cuda.is_available, cuda.device_count = answered_is_available, answered_device_count
+
+    def uninstall(self) -> None:
+        if self.originals is not None:
+            cuda, is_available, device_count = self.originals
+            cuda.is_available, cuda.device_count = is_available, device_count
+            self.originals = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+    def report(self) -> dict:
+        return {"helper": self.proc is not None, "answer": self.answer, "error": self.error,
+                "waited_s": round(self.waited_s, 3)}
+
+
+def _torch_has_cuda() -> bool:
+    """Whether the installed torch is a CUDA build (its ``lib`` holds ``libc10_cuda``), unimported."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    lib = Path(list(spec.submodule_search_locations)[0]) / "lib"
+    return any(lib.glob("libc10_cuda*.so*"))
 
 
 def readiness(modules: dict, device_files: Optional[list] = None) -> dict:
