@@ -160,6 +160,9 @@ def cmd_run(args) -> int:
     # the matrix (ONNX models included) is validated before the store is opened: an invalid one
     # creates no database
     planned = orchestrator.plan(args.matrix) if args.matrix else None
+    from harness.runner.zygote import start_method
+
+    start_method()  # DETBENCH_WORKER_START checked before anything is written
     executor = _executor(args)
     store = _store(args)
     cache = Path(args.cache_dir).resolve()

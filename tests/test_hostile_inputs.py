@@ -307,6 +307,10 @@ CASES = [
          code=130, signal=signal.SIGINT, check=interrupted, writes=True, files=matrix(GOOD)),
     Case("sigterm", ("run", "m.yaml"), ("terminated (SIGTERM)", "--resume r"),
          code=143, signal=signal.SIGTERM, check=interrupted, writes=True, files=matrix(GOOD)),
+    Case("worker-start-method", ("run", "m.yaml"),
+         ("DETBENCH_WORKER_START='fork' (environment)", "expected one of forkserver, spawn",
+          "unset it"), files=matrix(GOOD),
+         setup=lambda tmp, mp: mp.setenv("DETBENCH_WORKER_START", "fork")),
 ]
 
 
@@ -369,16 +373,22 @@ def _interrupted_process(argv, tmp: Path, sig: int):
            "DETBENCH_FAULT": "@load:hang"}
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *argv], cwd=tmp, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    left = []
     try:
         _wait_for_running_cell(tmp / "results.db", proc)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
+        deadline = time.monotonic() + 15  # the worker (and the run's zygote) end with the run
+        while _workers_of(tmp) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = _workers_of(tmp)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
         for pid in _workers_of(tmp):  # only this case's own workers, by id
             os.kill(pid, signal.SIGKILL)
+    assert not left, f"worker processes left behind by the interrupted run: {left}"
     return proc.returncode, out, err
 
 
@@ -510,9 +520,10 @@ def test_killed_orchestrator_leaves_no_worker(tmp_path):
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 60
-        while _workers_of(stage.parent) and time.monotonic() < deadline:
+        run_dir = stage.parent.parent  # the worker and the run's zygote, if the worker was forked
+        while _workers_of(run_dir) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _workers_of(stage.parent), "the worker outlived its orchestrator"
+        assert not _workers_of(run_dir), "the worker (or its zygote) outlived its orchestrator"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -522,15 +533,30 @@ def test_killed_orchestrator_leaves_no_worker(tmp_path):
 
 
 def _workers_of(work_dir: Path) -> list[int]:
-    """Live worker processes whose command line names ``work_dir`` or a folder inside it."""
-    found = []
+    """Live detbench processes of ``work_dir`` or a folder inside it: spawned workers and the
+    run's zygote (their command line names the folder) and workers forked by the zygote (their
+    command line is the zygote's: the cell folder's ``pid`` file names them)."""
+    found = set()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-            state = (cmdline.parent / "stat").read_text().split(") ")[1][0]
-        except OSError:
-            continue
+        args = _live_args(int(cmdline.parent.name))
         named = any(arg.startswith(str(work_dir).encode()) for arg in args)
-        if b"harness.runner.worker" in args and named and state != "Z":
-            found.append(int(cmdline.parent.name))
-    return found
+        if named and ({b"harness.runner.worker", b"harness.runner.zygote"} & set(args)):
+            found.add(int(cmdline.parent.name))
+    for pid_file in work_dir.rglob("pid"):
+        try:
+            pid = int(pid_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if b"harness.runner.zygote" in _live_args(pid):  # a forked worker, not a recycled pid
+            found.add(pid)
+    return sorted(found)
+
+
+def _live_args(pid: int) -> list[bytes]:
+    """The command line of a live (not zombie) process, or []."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+    except (OSError, IndexError):
+        return []
+    return [] if state == "Z" else args

@@ -101,3 +101,66 @@ def test_import_is_light():
             "assert 'cv2' not in sys.modules and 'numpy' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True,
                    cwd=pathlib.Path(__file__).resolve().parents[1])
+
+
+# -- the fast paths draw the same numbers and compute the same pixels as the plain arithmetic -------
+
+def _plain_background(rng, size):
+    """The straightforward form of synth._background (the form it had before #12's speed-up)."""
+    import cv2
+    import numpy as np
+
+    base = rng.uniform(30, 225, size=3)
+    grid = int(rng.integers(2, 9))
+    field = rng.uniform(-1, 1, size=(grid, grid, 3)).astype(np.float32)
+    field = cv2.resize(field, (size, size), interpolation=cv2.INTER_CUBIC)
+    img = base + field * rng.uniform(10, 60)
+    if rng.random() < 0.3:
+        period = rng.uniform(6, 40)
+        angle = rng.uniform(0, np.pi)
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+        phase = (xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period
+        img += (np.sin(phase) * rng.uniform(5, 20))[..., None]
+    img += rng.normal(0, rng.uniform(2, 14), size=img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _plain_noise_on_top(rng, canvas):
+    import numpy as np
+
+    sigma = float(rng.uniform(0, 4))
+    noisy = canvas.astype(np.float64) + rng.normal(0, sigma, size=canvas.shape)
+    canvas[...] = np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def _has_stripes(rng) -> bool:
+    """Whether _background takes its stripe branch for this stream (its first draws, replayed)."""
+    rng.uniform(30, 225, size=3)
+    grid = int(rng.integers(2, 9))
+    rng.uniform(-1, 1, size=(grid, grid, 3))
+    rng.uniform(10, 60)
+    return rng.random() < 0.3
+
+
+@pytest.mark.parametrize("size", [17, 96, 320])
+def test_fast_paths_equal_the_plain_arithmetic(size):
+    """Background (stripes in ~30 % of the seeds), sensor noise and shape pixels: byte-equal to
+    the plain numpy forms, and the random stream is left at the same place."""
+    import cv2
+    import numpy as np
+
+    stripes = 0
+    for seed in range(40):
+        fast, plain = np.random.default_rng([seed, size]), np.random.default_rng([seed, size])
+        a, b = synth._background(fast, size, np, cv2), _plain_background(plain, size)
+        assert a.dtype == b.dtype == np.uint8 and a.tobytes() == b.tobytes(), seed
+        synth._noise_on_top(fast, a, np)
+        _plain_noise_on_top(plain, b)
+        assert a.tobytes() == b.tobytes(), seed
+        for name in synth.CLASSES:
+            ys, xs = synth._shape_pixels(fast, name, size, np, cv2)
+            want = np.nonzero(synth._shape_mask(plain, name, size, np, cv2))
+            assert np.array_equal(ys, want[0]) and np.array_equal(xs, want[1]), (seed, name)
+        assert fast.integers(1 << 62) == plain.integers(1 << 62)  # same stream position
+        stripes += _has_stripes(np.random.default_rng([seed, size]))
+    assert stripes >= 3  # the stripe branch was exercised

@@ -70,13 +70,26 @@ def check_config(path: str | Path) -> None:
     read_config(path)
 
 
+#: configs already read in this process, by (path, mtime, size): a run's zygote reads its
+#: cells' configs once and every forked cell gets a copy (a changed file is read again)
+_READ: dict = {}
+
+
 def read_config(path: str | Path):
     """An mmengine Config of an mmyolo detector, or a UserError naming the file and the problem."""
+    path = _existing(Path(path))
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _READ:
+        _READ[key] = _parse_config(path)
+    return copy.deepcopy(_READ[key])  # callers change their config (image size, init_cfg)
+
+
+def _parse_config(path: Path):
     import warnings
 
     from mmengine.config import Config
 
-    path = _existing(Path(path))
     try:
         with warnings.catch_warnings():  # mmengine warns about pkg_resources on every read
             warnings.simplefilter("ignore")

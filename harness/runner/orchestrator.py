@@ -4,6 +4,11 @@ A crash, an out-of-memory kill or a hang fails only its cell, recorded with
 the stage the worker had reached and the tail of its log; the matrix goes on.
 The store holds every cell from the start (``pending``), so a killed run is
 resumed by running what is not finished, and nothing is ever recorded twice.
+
+Locally, each cell's process is forked from the run's pre-imported zygote
+(:mod:`harness.runner.zygote`: the heavy imports once per run, not per cell);
+``DETBENCH_WORKER_START=spawn`` starts ``python -m harness.runner.worker`` per
+cell instead, as does the Ray executor on its nodes.
 """
 from __future__ import annotations
 
@@ -113,6 +118,7 @@ def _execute_locked(store, run_id: str, cache_dir: Path, *, force: bool,
     on_event("start", {"total": len(todo)})
     outcomes = []
     current = None
+    launcher = _Launcher(cache_dir / "runs" / run_id, todo, on_event)
     try:
         if executor is not None:
             outcomes.extend(executor.run(store, run_id, todo, cache_dir, on_event))
@@ -123,25 +129,70 @@ def _execute_locked(store, run_id: str, cache_dir: Path, *, force: bool,
             current = cell.id
             store.mark_running(cell.id)
             outcome = run_one(store, run_id, cell, cache_dir,
-                              lambda stage, key=cell.key: on_event("cell", {"key": key, "stage": stage}))
+                              lambda stage, key=cell.key: on_event("cell", {"key": key, "stage": stage}),
+                              launcher=launcher.get())
             current = None
             outcomes.append(outcome)
             on_event("done", {"outcome": outcome})
+        launcher.close()
         if compare_candidates(store.cells(run_id)):
             on_event("cell", {"key": "alignment with the PyTorch reference", "stage": "compare"})
         compare_run(store, run_id)
     except KeyboardInterrupt:
+        launcher.close()
         if current is not None:
             store.mark_pending(current)
         store.finish_run(run_id, "interrupted")
         raise
+    finally:
+        launcher.close()
     store.finish_run(run_id, "finished")
     return outcomes
 
 
-def run_one(store, run_id: str, cell, cache_dir: Path, on_stage) -> Outcome:
+class _Launcher:
+    """How the local executor starts cell workers: the run's zygote (started at the first cell,
+    restarted if it died), or ``None`` (spawn) when DETBENCH_WORKER_START=spawn or the zygote
+    cannot start (a ``note`` says why)."""
+
+    def __init__(self, run_dir: Path, todo: list, on_event: Callable[[str, dict], None]):
+        from harness.runner import zygote
+
+        self.run_dir, self.on_event = run_dir, on_event
+        self.preload = zygote.preload_spec(todo)
+        self.spawn = zygote.start_method() == "spawn"
+        self.zygote = None
+
+    def get(self):
+        if self.spawn:
+            return None
+        if self.zygote is not None and self.zygote.alive:
+            return self.zygote
+        from harness.runner.zygote import Zygote
+
+        restart = self.zygote is not None
+        self.close()
+        self.zygote = Zygote(self.run_dir, self.preload)
+        ok, why = self.zygote.start()
+        if not ok:
+            self.close()
+            self.spawn = True
+            self.on_event("note", {"text": f"the pre-imported worker (zygote) could not start: {why}; "
+                                           "each cell starts its own worker process instead"})
+            return None
+        if restart:
+            self.on_event("note", {"text": "the pre-imported worker (zygote) had died: started a new one"})
+        return self.zygote
+
+    def close(self) -> None:
+        if self.zygote is not None:
+            self.zygote.close()
+            self.zygote = None
+
+
+def run_one(store, run_id: str, cell, cache_dir: Path, on_stage, launcher=None) -> Outcome:
     result = run_cell_process(work_dir_for(cache_dir, run_id, cell.key), dict(cell.params),
-                              cache_dir, on_stage)
+                              cache_dir, on_stage, launcher=launcher)
     store.record_result(cell.id, **_store_fields(result))
     return Outcome(cell.key, result["status"], result.get("stage"), result.get("error"),
                    result["duration_s"])
@@ -152,15 +203,23 @@ def work_dir_for(cache_dir: Path, run_id: str, key: str) -> Path:
 
 
 def run_cell_process(work_dir: Path, params: dict, cache_dir: Path, on_stage,
-                     env: Optional[dict] = None) -> dict:
-    """One cell in a worker subprocess (with its timeout); the result dict, never raises for the cell."""
+                     env: Optional[dict] = None, launcher=None) -> dict:
+    """One cell in a worker subprocess (with its timeout); the result dict, never raises for the cell.
+
+    ``launcher``: a started :class:`~harness.runner.zygote.Zygote` forks the worker (its
+    environment is the zygote's: ``env`` needs the spawned worker); None spawns it.
+    """
     work_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("result.json", "stage"):
+    for stale in ("result.json", "stage", "pid"):
         (work_dir / stale).unlink(missing_ok=True)
     params["cache_dir"] = str(cache_dir)
     (work_dir / "cell.json").write_text(json.dumps(params))
     started = time.time()
-    code, timed_out = _spawn(work_dir, float(params.get("timeout_s", 900)), on_stage, env)
+    timeout_s = float(params.get("timeout_s", 900))
+    if launcher is not None and not env:
+        code, timed_out = launcher.run(work_dir, timeout_s, on_stage)
+    else:
+        code, timed_out = _spawn(work_dir, timeout_s, on_stage, env)
     result = _collect(work_dir, code, timed_out, params)
     result.setdefault("duration_s", time.time() - started)
     return result

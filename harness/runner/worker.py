@@ -53,24 +53,28 @@ class Stages:
 
 
 def _inject_fault(stage: str) -> None:
-    """Testing hook: ``DETBENCH_FAULT=<key substring>@<stage>:<abort|hang|raise>``.
+    """Testing hook: ``DETBENCH_FAULT=<key substring>@<stage>:<abort|segv|exit|hang|raise>[,...]``.
 
     It lets tests (and users checking their set-up) prove that a worker dying
     in a given stage is recorded and does not stop the matrix.
     """
-    spec = os.environ.get("DETBENCH_FAULT")
-    if not spec:
-        return
-    target, _, action = spec.rpartition(":")
-    key_part, _, fault_stage = target.rpartition("@")
-    if fault_stage != stage or key_part not in _CURRENT_KEY:
-        return
-    if action == "abort":
-        os.abort()
-    if action == "hang":
-        time.sleep(10**6)
-    if action == "raise":
-        raise RuntimeError(f"fault injected by DETBENCH_FAULT={spec}")
+    for spec in filter(None, os.environ.get("DETBENCH_FAULT", "").split(",")):
+        target, _, action = spec.rpartition(":")
+        key_part, _, fault_stage = target.rpartition("@")
+        if fault_stage != stage or key_part not in _CURRENT_KEY:
+            continue
+        if action == "abort":
+            os.abort()
+        if action == "segv":  # a native crash (a null read), as a broken extension would
+            import ctypes
+
+            ctypes.string_at(0)
+        if action == "exit":  # a library calling _exit: no traceback, no result
+            os._exit(7)
+        if action == "hang":
+            time.sleep(10**6)
+        if action == "raise":
+            raise RuntimeError(f"fault injected by DETBENCH_FAULT={spec}")
 
 
 def run_cell(ctx: CellContext, stages: Stages) -> dict:
@@ -232,10 +236,13 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def main(argv: list[str]) -> int:
-    startup = _process_age_s()  # interpreter start + imports up to here
+def main(argv: list[str], started_by: str = "spawn") -> int:
+    """One cell; ``started_by``: ``spawn`` (``python -m harness.runner.worker``) or ``forkserver``
+    (forked by the run's pre-imported zygote, :mod:`harness.runner.zygote`)."""
+    startup = _process_age_s()  # interpreter start + imports up to here (a forked child: ~0)
     _die_with_parent()
     work_dir = Path(argv[0])
+    (work_dir / "pid").write_text(str(os.getpid()))  # which process runs the cell (ps, tests)
     cell = json.loads((work_dir / "cell.json").read_text())
     global _CURRENT_KEY
     _CURRENT_KEY = cell["key"]
@@ -257,6 +264,10 @@ def main(argv: list[str]) -> int:
     result["duration_s"] = time.time() - started
     result["stage_times"] = {**({"startup": startup} if startup is not None else {}),
                              **stages.summary()}
+    if result.get("status") == "ok":
+        result["provenance"] = {**(result.get("provenance") or {}),
+                                "worker": {"start": started_by, "pid": os.getpid(),
+                                           "parent_pid": os.getppid()}}
     rss = _peak_rss_mb()
     if rss is not None and result.get("status") == "ok":
         result["telemetry"] = {**(result.get("telemetry") or {}), "worker_peak_rss_mb": rss}
