@@ -50,6 +50,17 @@ def print_summary(run, cells) -> None:
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     con.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    _print_int8(con, cells)
+
+
+def _print_int8(con, cells) -> None:
+    """int8 cells with a layer-group analysis: the mix and where the ΔAP comes from (#18)."""
+    from harness.calibration.attribution import summary_lines
+
+    for c in cells:
+        if c.precision in ("int8", "int8-mixed") and c.status == "ok":
+            for line in summary_lines(c.provenance or {}):
+                con.print(f"{c.key}: {line}", markup=False, highlight=False)
 
 
 def print_runs(runs) -> None:

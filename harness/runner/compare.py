@@ -106,11 +106,17 @@ def int8_layers(provenance: dict) -> dict | None:
     """An int8 cell's layer-group sensitivity table, its mix and the attribution sentences."""
     from harness.calibration.sensitivity import attribution_lines
 
+    from harness.calibration.attribution import lines as evaluation_lines
+
     table = provenance.get("int8_sensitivity")
     if not table:
         return None
     mix = provenance.get("int8_mixed")
     out = {"sensitivity": table, "attribution": attribution_lines(table)}
+    evaluation = provenance.get("int8_attribution")  # the same question on the evaluation images
+    if evaluation:
+        out["evaluation"] = evaluation
+        out["attribution"] = evaluation_lines(evaluation) + out["attribution"]
     if mix:
         out["mixed"] = {k: v for k, v in mix.items() if k != "kept_float_nodes"}
         out["mixed"]["kept_float_convs"] = len(mix.get("kept_float_nodes") or [])
