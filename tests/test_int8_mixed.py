@@ -532,3 +532,23 @@ def test_show_prints_where_an_int8_cells_ap_went(tmp_path):
     out = " ".join(r.stdout.split())
     assert f"{key}: 75% of the int8 ΔAP (-0.0100) disappears when the head stays float" in out
     assert f"{key}: mix: ΔAP budget 0.003 met" in out and "minmax · 32 img" in out
+
+
+def test_study_cells_pair_with_their_own_calibration_point():
+    """A calibration study's int8 cells differ in their point: the batch twin and the plain-int8
+    twin of a mixed cell are those of the same point."""
+    from harness.evaluate.alignment.pairing import batch_twin
+    from harness.runner.compare import _mix_on_evaluation
+
+    def cell(i, precision, batch, point, ap):
+        return SimpleNamespace(id=i, key=f"k{i}", model="m", backend="onnxruntime", precision=precision,
+                               batch=batch, imgsz=320, device="cpu", nms="none", status="ok",
+                               metrics={"AP": ap}, params={"calibration_variant": point, "eval": {}})
+
+    ref = cell(0, "fp32", 1, None, 0.60)
+    cells = [ref, cell(1, "int8", 1, "minmax-32", 0.58), cell(2, "int8", 1, "mse-32", 0.59),
+             cell(3, "int8", 8, "mse-32", 0.59), cell(4, "int8-mixed", 1, "mse-32", 0.595)]
+    assert batch_twin(cells[3], cells).id == 2
+    layers = {"mixed": {"kept_float_groups": ["neck"]}}
+    line = _mix_on_evaluation(cells[4], ref, cells, layers)[0]
+    assert "removes 50% of the int8 cell's ΔAP (-0.0100 -> -0.0050" in line

@@ -89,8 +89,10 @@ def _mix_on_evaluation(cell, ref, cells, layers) -> list[str]:
     """On the evaluation split: the share of the plain int8 cell's ΔAP that the mix removes."""
     mix = layers.get("mixed")
     axes = ("model", "backend", "batch", "imgsz", "device", "nms")
+    point = (cell.params or {}).get("calibration_variant")  # a calibration study: the same point
     twin = next((c for c in cells if c.precision == "int8" and c.status == "ok" and c.id != cell.id
-                 and all(getattr(c, a) == getattr(cell, a) for a in axes)), None)
+                 and all(getattr(c, a) == getattr(cell, a) for a in axes)
+                 and (c.params or {}).get("calibration_variant") == point), None)
     if not mix or twin is None or not (ref.metrics and twin.metrics and cell.metrics):
         return []
     full = twin.metrics["AP"] - ref.metrics["AP"]
