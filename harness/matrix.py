@@ -149,6 +149,9 @@ class CalibrationSpec(_Strict):
     sensitivity_images: int = Field(default=64, ge=0)
     sensitivity_seed: int = 5
     sensitivity_source: Optional[DatasetSpec] = None
+    float_groups: Optional[list[str]] = Field(
+        default=None, description="int8-mixed: keep exactly these layer groups float (e.g. the mix an "
+                                  "earlier run's search found): no sensitivity split, no search")
     attribution_images: int = Field(
         default=100, ge=0, description="with a sensitivity table: the first N evaluation images on "
                                        "which each layer group's share of the int8 ΔAP is measured (0: off)")

@@ -552,3 +552,44 @@ def test_study_cells_pair_with_their_own_calibration_point():
     layers = {"mixed": {"kept_float_groups": ["neck"]}}
     line = _mix_on_evaluation(cells[4], ref, cells, layers)[0]
     assert "removes 50% of the int8 cell's ΔAP (-0.0100 -> -0.0050" in line
+
+
+# ---------------------------------------------------------------- a mix given by name
+
+
+def test_given_mix_counts_flops_and_names_unknown_groups():
+    from harness.calibration.sensitivity import given_mix
+
+    groups = {"backbone": ["b1", "b2"], "neck": ["n1"], "head.pred": ["h1"], "decode": []}
+    flops = {"b1": 50.0, "b2": 30.0, "n1": 15.0, "h1": 5.0}
+    mix = given_mix(groups, flops, ["neck", "head.pred"])
+    assert mix["kept_float_nodes"] == ["h1", "n1"] and mix["int8_conv_flops_fraction"] == pytest.approx(0.8)
+    assert mix["met"] is None and mix["source"] == "calibration.float_groups"
+    with pytest.raises(UserError, match=r"calibration.float_groups: 'decode' is not a layer group with "
+                                        r"convolutions in this model's graph; its groups: backbone, neck, head.pred"):
+        given_mix(groups, flops, ["decode"])
+
+
+@needs_stack
+def test_int8_mixed_cell_with_given_float_groups_skips_the_search(tmp_path):
+    from harness import matrix as mx
+    from harness.backends.onnxruntime import OnnxRuntimeRunner
+    from harness.data.datasets import resolve_dataset
+    from harness.runner.context import CellContext
+
+    m = mx.parse({"models": [{"name": "yolov8_n", "checkpoint": "random"}], "backends": ["onnxruntime"],
+                  "precisions": ["int8-mixed"], "image_sizes": [64],
+                  "dataset": {"synth": {"images": 2, "seed": 2, "size": 96}},
+                  "calibration": {"images": 2, "seed": 3, "sensitivity": True,
+                                  "float_groups": ["backbone.stem", "head.reg_preds.pred"]}})
+    cell = {**mx.expand(m)[0], "dataset": resolve_dataset(m.dataset, tmp_path)}
+    runner = OnnxRuntimeRunner(cell, CellContext(cell, tmp_path, tmp_path))
+    runner.load()
+    facts = runner.info.facts
+    mix = facts["int8_mixed"]
+    assert mix["kept_float_groups"] == ["backbone.stem", "head.reg_preds.pred"] and mix["met"] is None
+    assert "int8_sensitivity" not in facts and "int8_attribution" not in facts  # no split, no search
+    fed = _dq_fed(facts["model_file"])
+    assert {n for n, q in fed.items() if not q} == set(mix["kept_float_nodes"]) and len(mix["kept_float_nodes"]) == 4
+    assert not runner.info.warnings
+    runner.close()

@@ -148,10 +148,13 @@ def summary_lines(provenance: dict) -> list[str]:
     out = []
     mix = provenance.get("int8_mixed")
     if mix:
-        state = "met" if mix["met"] else "NOT met (best mix kept)"
-        out.append(f"mix: ΔAP budget {mix['ap_budget']} {state} on the sensitivity split; float: "
-                   f"{', '.join(mix['kept_float_groups']) or 'none'}; "
-                   f"{mix['int8_conv_flops_fraction']:.1%} of conv FLOPs int8")
+        float_part = (f"float: {', '.join(mix['kept_float_groups']) or 'none'}; "
+                      f"{mix['int8_conv_flops_fraction']:.1%} of conv FLOPs int8")
+        if mix["met"] is None:
+            out.append(f"mix given by calibration.float_groups (no search); {float_part}")
+        else:
+            state = "met" if mix["met"] else "NOT met (best mix kept)"
+            out.append(f"mix: ΔAP budget {mix['ap_budget']} {state} on the sensitivity split; {float_part}")
     record = provenance.get("int8_attribution")
     if record:
         out += lines(record)

@@ -489,7 +489,9 @@ def int8_graph(ctx, fp32_onnx: Path, test_cfg) -> tuple[Path, dict]:
     """The cell's int8 Q/DQ graph and its facts: plain, ranked (``sensitivity``), or mixed.
 
     Mixed when the precision is ``int8-mixed`` or ``calibration.ap_budget`` is
-    set (budget 0.003 unless given); the ranked table and the mix go into the
+    set (budget 0.003 unless given), the float groups searched on the sensitivity
+    split unless ``calibration.float_groups`` names them (:func:`given_mix`: no
+    split, no table); the ranked table and the mix go into the
     cell's provenance (``int8_sensitivity``, ``int8_mixed``), and with them the
     per-group attribution on the evaluation images (``int8_attribution``, see
     ``attribution.py``; off with ``calibration.attribution_images: 0``).
@@ -505,12 +507,18 @@ def int8_graph(ctx, fp32_onnx: Path, test_cfg) -> tuple[Path, dict]:
     mixed = cell["precision"] == "int8-mixed" or c.get("ap_budget") is not None
     if not (mixed or c.get("sensitivity")):
         return path, info
-    found, where = sensitivity_images(cell, ctx.cache_dir)
-    split = build_split(found, ctx.preprocessor("cpu"), where)
-    ev = Evaluator(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir, split, test_cfg)
     model = onnx.load(str(fp32_onnx))
     groups = layer_groups(model)
     flops = conv_flops(model, cell["imgsz"])
+    given = c.get("float_groups") if mixed else None
+    if given is not None:  # a mix chosen earlier: no sensitivity split, no search
+        mix = given_mix(groups, flops, given)
+        path, mixed_info = quantize_qdq(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir,
+                                        exclude=tuple(mix["kept_float_nodes"]))
+        return path, _finite({**mixed_info, "int8_mixed": mix})
+    found, where = sensitivity_images(cell, ctx.cache_dir)
+    split = build_split(found, ctx.preprocessor("cpu"), where)
+    ev = Evaluator(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir, split, test_cfg)
     table = analyse(ev, groups, flops)
     info = {**info, "int8_sensitivity": table}
     if mixed:
@@ -528,6 +536,22 @@ def int8_graph(ctx, fp32_onnx: Path, test_cfg) -> tuple[Path, dict]:
     if attribution is not None:
         info["int8_attribution"] = attribution
     return path, _finite(info)
+
+
+def given_mix(groups: dict[str, list[str]], flops: dict[str, float], names: list[str]) -> dict:
+    """The mix ``calibration.float_groups`` names (e.g. one an earlier run's search found): no
+    budget and no search, so ``met`` and the sensitivity ΔAP are None."""
+    known = [g for g, nodes in groups.items() if nodes]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"calibration.float_groups: '{unknown[0]}' is not a layer group with "
+                        f"convolutions in this model's graph; its groups: {', '.join(known)}")
+    nodes = sorted(n for g in names for n in groups[g])
+    total = sum(flops.values()) or 1.0
+    return {"source": "calibration.float_groups", "ap_budget": None, "met": None,
+            "kept_float_groups": list(names), "kept_float_nodes": nodes,
+            "int8_conv_flops_fraction": 1.0 - sum(flops.get(n, 0.0) for n in nodes) / total,
+            "sensitivity_delta_ap": None, "search": []}
 
 
 def _finite(obj):
