@@ -121,10 +121,12 @@ def _markdown(r: dict) -> str:
     for c in r["cells"]:
         if c.get("mix"):
             m = c["mix"]
+            chosen = ("given by `calibration.float_groups` (the CPU run's search, "
+                      "benchmarks/results/int8_mixed.md)" if m["met"] is None else
+                      f"ΔAP on the sensitivity split {m['sensitivity_delta_ap']:+.4f} (budget "
+                      f"{m['ap_budget']}, {'met' if m['met'] else 'not met'})")
             lines.append(f"**int8-mixed:** float groups {', '.join(m['kept_float_groups']) or 'none'}; "
-                         f"{m['int8_conv_flops_fraction']:.1%} of conv FLOPs int8; ΔAP on the sensitivity "
-                         f"split {m['sensitivity_delta_ap']:+.4f} (budget {m['ap_budget']}, "
-                         f"{'met' if m['met'] else 'not met'}); on the evaluation split "
+                         f"{m['int8_conv_flops_fraction']:.1%} of conv FLOPs int8; {chosen}; on the evaluation split "
                          f"{f(c.get('delta_ap_vs_fp32'), '+.4f')} vs the CUDA EP's fp32 — target "
                          f"{v.get('mixed_target')}: **{'met' if v.get('mixed_met') else 'NOT met'}**.")
         if c.get("error"):
