@@ -107,22 +107,29 @@ def _markdown(r: dict) -> str:
              f"320 px, batch 1, AP on the 100-image evaluation split (synth seed 2); ONNX Runtime "
              f"{r['onnxruntime']}, torch {r['torch']}, driver {r['driver']}, GPU {r['gpu_uuid']}. "
              "Latency: model time per batch, CUDA events on ORT's stream (I/O binding).", "",
-             "| precision | status | AP | ΔAP vs fp32 | median ms | p99 ms | speed-up vs fp32 | providers |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| precision | status | AP | ΔAP vs fp32 | median ms | p99 ms | CV | speed-up vs fp32 | providers |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c in r["cells"]:
         lines.append(f"| {c['precision']} | {c['status']} | {f(c['AP'], '.4f')} | "
                      f"{f(c.get('delta_ap_vs_fp32'), '+.4f')} | {f(c['median_ms'], '.3f')} | "
-                     f"{f(c['p99_ms'], '.3f')} | {f(c.get('speedup_vs_fp32'), '.2f')}× | "
+                     f"{f(c['p99_ms'], '.3f')} | {f(c['cv'], '.1%')} | {f(c.get('speedup_vs_fp32'), '.2f')}× | "
                      f"{', '.join(c['providers'] or []) or '—'} |")
     v = r["verdict"]
     lines += [""]
+    noisy = [c for c in r["cells"] if (c.get("cv") or 0) > 0.10]
+    if noisy:
+        worst = max(c["cv"] for c in noisy)
+        lines.append(f"**Noise:** {', '.join(c['precision'] for c in noisy)} flagged unstable (latency CV up "
+                     f"to {worst:.1%}): speed differences of that order between cells are not "
+                     "significant. At batch 1 this small 320 px model is most likely launch-bound (as eager "
+                     "yolov8_n is on this card, README.md), so its latency counts kernels more than arithmetic.")
     if "qdq_sentence" in v:
         lines.append(f"**Q/DQ on the CUDA EP:** {v['qdq_sentence']}.")
     for c in r["cells"]:
         if c.get("mix"):
             m = c["mix"]
-            chosen = ("given by `calibration.float_groups` (the CPU run's search, "
-                      "benchmarks/results/int8_mixed.md)" if m["met"] is None else
+            chosen = ("given by `calibration.float_groups` (matrices/int8_gpu.yaml says which search "
+                      "found it)" if m["met"] is None else
                       f"ΔAP on the sensitivity split {m['sensitivity_delta_ap']:+.4f} (budget "
                       f"{m['ap_budget']}, {'met' if m['met'] else 'not met'})")
             lines.append(f"**int8-mixed:** float groups {', '.join(m['kept_float_groups']) or 'none'}; "
