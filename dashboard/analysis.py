@@ -67,7 +67,8 @@ def cells_frame(cells, run_cells=None) -> pd.DataFrame:
     (default ``cells``: pass the whole run so a filter cannot remove the baseline),
     ``speedup``, ``dAP``, ``dAP_pct`` and ``reference`` (:func:`harness.report.deltas`).
 
-    ``row`` (model · backend · precision, plus device/nms when those vary) and ``col``
+    ``row`` (model · backend · precision, plus device/nms when those vary and the calibration
+    point of a calibration study's int8 cells) and ``col``
     (``b{batch} · {imgsz}px``) label the overview heatmap; ``config`` is backend · precision.
     """
     from harness.report import deltas, reference_of
@@ -75,18 +76,22 @@ def cells_frame(cells, run_cells=None) -> pd.DataFrame:
     pool = list(cells if run_cells is None else run_cells)
     records = [{"id": c.id, "key": c.key, **{k: getattr(c, k) for k in IDENTITY},
                 "status": c.status, "stage": c.stage, "error": c.error, **cell_values(c),
-                **deltas(c, reference_of(c, pool))}
+                **deltas(c, reference_of(c, pool)),
+                "calibration": (c.params or {}).get("calibration_variant")}
                for c in cells]
     columns = ["id", "key", *IDENTITY, "status", "stage", "error",
-               *cell_values({"batch": 1}).keys(), *DELTA_COLUMNS]
+               *cell_values({"batch": 1}).keys(), *DELTA_COLUMNS, "calibration"]
     frame = pd.DataFrame.from_records(records, columns=columns)
     vary = [k for k in ("device", "nms") if frame[k].nunique() > 1]
-    frame["row"] = [row_label(r.model, r.backend, r.precision, [str(getattr(r, k)) for k in vary])
+    # a calibration study's int8 cells share their axes: the point (e.g. "cal entropy-128") tells them apart
+    frame["row"] = [row_label(r.model, r.backend, r.precision, [str(getattr(r, k)) for k in vary]
+                              + ([f"cal {r.calibration}"] if r.calibration else []))
                     for r in frame.itertuples()]
     frame["col"] = [f"b{b} · {s}px" for b, s in zip(frame["batch"], frame["imgsz"])]
     frame["config"] = frame["backend"] + " · " + frame["precision"]
     frame["series"] = [row_label(r.model, r.backend, r.precision,
-                                 [f"{r.imgsz}px", *(str(getattr(r, k)) for k in vary)])
+                                 [f"{r.imgsz}px", *(str(getattr(r, k)) for k in vary),
+                                  *([f"cal {r.calibration}"] if r.calibration else [])])
                        for r in frame.itertuples()]  # one line per cell family: batch is the x-axis
     return frame
 

@@ -391,3 +391,18 @@ def _fmt(value, column: str) -> str:
     if abs(value) >= 100:
         return f"{value:.0f}"
     return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
+
+
+def int8_attribution_bars(record: dict) -> go.Figure:
+    """Per layer group left float: the share of the int8 ΔAP and of the differing detections
+    that disappears (``harness.calibration.attribution``), one pair of bars per group."""
+    rows = record.get("rows") or []
+    names = [r["name"] if r["kind"] != "mix" else "mix: " + ", ".join(r["groups"]) for r in rows]
+    fig = go.Figure([
+        go.Bar(x=names, y=[r.get("recovered_fraction") for r in rows], name="share of the ΔAP removed",
+               marker_color="#0969da"),
+        go.Bar(x=names, y=[r.get("differences_recovered_fraction") for r in rows],
+               name="share of differing detections removed", marker_color="#8c959f")])
+    fig.update_layout(title="what disappears when a layer group stays float", barmode="group",
+                      yaxis=dict(tickformat=".0%", title="share"), height=360, margin=_MARGIN)
+    return fig

@@ -139,7 +139,8 @@ def _print_ultralytics(m) -> None:
 def _plan_entry(cell: dict) -> dict:
     from harness.matrix import AXES
 
-    return {"key": cell["key"], **{k: cell[k] for k in AXES}, "skip_reason": cell["skip_reason"]}
+    return {"key": cell["key"], **{k: cell[k] for k in AXES},
+            "calibration_variant": cell.get("calibration_variant"), "skip_reason": cell["skip_reason"]}
 
 
 def _availability() -> dict:

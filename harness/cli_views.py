@@ -20,12 +20,15 @@ def _console() -> Console:
 def print_plan(m, cells: list[dict], availability: dict) -> None:
     con = _console()
     table = Table(title=f"{m.name}: {len(cells)} cells")
-    for col in ("#", "model", "backend", "precision", "batch", "imgsz", "device", "nms", "plan"):
+    study = any(c.get("calibration_variant") for c in cells)  # a calibration sweep: say which point
+    for col in ("#", "model", "backend", "precision", "batch", "imgsz", "device", "nms",
+                *(["calibration"] if study else []), "plan"):
         table.add_column(col)
     for i, c in enumerate(cells):
         plan = f"[yellow]skip: {c['skip_reason']}[/]" if c["skip_reason"] else "run"
+        variant = [c.get("calibration_variant") or ""] if study else []
         table.add_row(str(i), c["model"], c["backend"], c["precision"], str(c["batch"]),
-                      str(c["imgsz"]), c["device"], c["nms"], plan)
+                      str(c["imgsz"]), c["device"], c["nms"], *variant, plan)
     con.print(table)
     avail = ", ".join(f"{n} ({'available' if a['available'] else 'unavailable: ' + a['reason']})"
                       for n, a in availability.items())
@@ -47,6 +50,17 @@ def print_summary(run, cells) -> None:
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     con.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    _print_int8(con, cells)
+
+
+def _print_int8(con, cells) -> None:
+    """int8 cells with a layer-group analysis: the mix and where the ΔAP comes from (#18)."""
+    from harness.calibration.attribution import summary_lines
+
+    for c in cells:
+        if c.precision in ("int8", "int8-mixed") and c.status == "ok":
+            for line in summary_lines(c.provenance or {}):
+                con.print(f"{c.key}: {line}", markup=False, highlight=False)
 
 
 def print_runs(runs) -> None:

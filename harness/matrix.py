@@ -119,9 +119,24 @@ class TimingSpec(_Strict):
     cuda_graph: bool = False
 
 
+CalibrationMethod = Literal["minmax", "entropy", "percentile", "mse"]
+_SWEPT = {"images": TypeAdapter(Annotated[int, Field(gt=0)]), "method": TypeAdapter(CalibrationMethod)}
+
+
+def _one_swept(adapter: TypeAdapter, value: Any, where: str) -> Any:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        raise ValueError(f"{where}{_message(exc.errors()[0])}") from None
+
+
 class CalibrationSpec(_Strict):
-    images: int = Field(default=32, gt=0)
-    method: Literal["minmax", "entropy", "percentile", "mse"] = "minmax"
+    """int8 calibration; ``method`` and ``images`` may be lists: a *calibration study*, whose
+    int8 / int8-mixed cells are expanded over method × images (:func:`expand`)."""
+
+    images: int | list[int] = Field(default=32, description="calibration images, or a list of sizes to sweep")
+    method: CalibrationMethod | list[CalibrationMethod] = Field(
+        default="minmax", description="calibration method, or a list of methods to sweep")
     percentile: float = Field(default=99.99, gt=0, le=100)
     seed: int = 3
     source: Optional[DatasetSpec] = None
@@ -134,6 +149,28 @@ class CalibrationSpec(_Strict):
     sensitivity_images: int = Field(default=64, ge=0)
     sensitivity_seed: int = 5
     sensitivity_source: Optional[DatasetSpec] = None
+    float_groups: Optional[list[str]] = Field(
+        default=None, description="int8-mixed: keep exactly these layer groups float (e.g. the mix an "
+                                  "earlier run's search found): no sensitivity split, no search")
+    attribution_images: int = Field(
+        default=100, ge=0, description="with a sensitivity table: the first N evaluation images on "
+                                       "which each layer group's share of the int8 ΔAP is measured (0: off)")
+
+    @field_validator("images", "method", mode="before")
+    @classmethod
+    def _sweep(cls, v, info):
+        """One value, or a non-empty list of distinct values; each checked as a single one (one
+        error line naming the bad entry, without pydantic's union branches)."""
+        one = _SWEPT[info.field_name]
+        if not isinstance(v, list):
+            return _one_swept(one, v, "")
+        if not v:
+            raise ValueError("an empty list sweeps nothing: give one value or a list of several")
+        values = [_one_swept(one, x, f"[{i}] ") for i, x in enumerate(v)]
+        twice = [x for i, x in enumerate(values) if x in values[:i]]
+        if twice:
+            raise ValueError(f"{twice[0]!r} is listed twice: give each swept value once")
+        return values
 
     @model_validator(mode="after")
     def _sensitivity_split(self):
@@ -602,7 +639,7 @@ def expand(m: Matrix) -> list[dict]:
         cell = _complete(rule, m, models)
         if cell not in axes:
             axes.append(cell)
-    return [_settle(c, m, models[c["model"]]) for c in axes]
+    return [cell for c in axes for cell in _calibration_variants(_settle(c, m, models[c["model"]]))]
 
 
 def _complete(rule: Rule, m: Matrix, models: dict) -> dict:
@@ -629,6 +666,37 @@ def _settle(axes: dict, m: Matrix, spec: ModelSpec) -> dict:
             "batch_axis": sorted(m.batch_sizes)}
     cell["skip_reason"] = BACKENDS[axes["backend"]].static_skip_reason(axes) or _onnx_skip(spec, axes)
     return cell
+
+
+INT8_PRECISIONS = ("int8", "int8-mixed")
+
+
+def calibration_sweep(calibration: dict) -> list[tuple[str, int]]:
+    """The (method, images) points of a calibration section: one, or a study's method × images."""
+    methods, sizes = calibration["method"], calibration["images"]
+    methods = methods if isinstance(methods, list) else [methods]
+    sizes = sizes if isinstance(sizes, list) else [sizes]
+    return [(method, size) for size in sizes for method in methods]
+
+
+def _calibration_variants(cell: dict) -> list[dict]:
+    """An int8 cell once per point of its calibration sweep, each with scalar settings.
+
+    Only a sweep of several points changes the key: ``.../nms-none/cal-entropy-128``, so a
+    plain matrix keeps its keys (and its cells' history).  Cells of other precisions never
+    calibrate: they get the sweep's first point, and no variant.
+    """
+    points = calibration_sweep(cell["calibration"])
+    if cell["precision"] not in INT8_PRECISIONS or len(points) == 1:
+        method, size = points[0]
+        return [{**cell, "calibration": {**cell["calibration"], "method": method, "images": size},
+                 "calibration_variant": None}]
+    out = []
+    for method, size in points:
+        variant = f"{method}-{size}"
+        out.append({**cell, "key": f"{cell['key']}/cal-{variant}", "calibration_variant": variant,
+                    "calibration": {**cell["calibration"], "method": method, "images": size}})
+    return out
 
 
 def _onnx_skip(spec: ModelSpec, axes: dict) -> str | None:

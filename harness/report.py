@@ -13,7 +13,7 @@ import html
 import io
 import json
 
-COLUMNS = ("model", "backend", "precision", "batch", "imgsz", "device", "nms", "status", "AP",
+COLUMNS = ("model", "backend", "precision", "batch", "imgsz", "device", "nms", "calibration", "status", "AP",
            "AP50", "median_ms", "p99_ms", "mad_ms", "img_per_s", "e2e_median_ms", "stages_s", "note")
 
 #: the order stage times are shown in (others, if any, follow)
@@ -41,11 +41,22 @@ def cell_row(cell) -> dict:
         note = "; ".join(cell.warnings)
     return {"model": cell.model, "backend": cell.backend, "precision": cell.precision,
             "batch": cell.batch, "imgsz": cell.imgsz, "device": cell.device, "nms": cell.nms,
-            "status": cell.status, "AP": metrics.get("AP"), "AP50": metrics.get("AP50"),
+            "calibration": calibration_point(cell), "status": cell.status, "AP": metrics.get("AP"), "AP50": metrics.get("AP50"),
             "median_ms": lat.get("median_ms"), "p99_ms": lat.get("p99_ms"),
             "mad_ms": lat.get("mad_ms"), "img_per_s": lat.get("throughput_ips"),
             "e2e_median_ms": e2e.get("median_ms"),
             "stages_s": stage_summary(getattr(cell, "stage_times", None)), "note": note}
+
+
+def calibration_point(cell) -> str | None:
+    """``"entropy · 128 img"`` for an int8 cell (what ran, else what the plan asks), else None."""
+    if cell.precision not in ("int8", "int8-mixed"):
+        return None
+    asked = (cell.params or {}).get("calibration") or {}
+    prov = cell.provenance or {}
+    method = prov.get("calibration_method", asked.get("method"))
+    images = prov.get("calibration_images", asked.get("images"))
+    return None if method is None else f"{method} · {images} img"
 
 
 def _is_ap(column: str) -> bool:

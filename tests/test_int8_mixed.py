@@ -344,6 +344,15 @@ def test_onnxruntime_int8_mixed_cell_end_to_end(tmp_path):
     assert {n for n, q in fed.items() if not q} == set(mix["kept_float_nodes"])
     if not mix["met"]:
         assert any("kept the best mix found" in w for w in runner.info.warnings)
+    att = facts["int8_attribution"]  # the same question on the cell's own evaluation images
+    assert att["images"] == 4 and att["split"] == "evaluation split" and att["match_iou"] == 0.5
+    assert [r["name"] for r in att["rows"] if r["kind"] == "part"] == ["backbone", "neck", "head"]
+    top = [r["group"] for r in table["rows"] if r.get("rank") in (1, 2, 3)]
+    assert [r["name"] for r in att["rows"] if r["kind"] == "group"] == [
+        g for g in top if g not in ("backbone", "neck", "head")][:3]
+    assert att["int8_differences"] == att["int8_missing"] + att["int8_extra"] > 0
+    for r in att["rows"]:
+        assert r["delta_ap"] == pytest.approx(r["ap"] - att["fp32_ap"])
     runner.close()
 
 
@@ -365,19 +374,30 @@ def test_dashboard_alignment_page_shows_the_int8_table(tmp_path, monkeypatch):
                                   git_sha=None, detbench_version="0", environment={},
                                   cells=[{"key": key, "position": 0, **axes, "params": {}}])
         cell = store.cells(run_id)[0]
-        store.record_result(cell.id, status="ok", metrics={"AP": 0.6067}, provenance=_provenance())
+        provenance = {**_provenance(), "int8_attribution": _attribution()}
+        store.record_result(cell.id, status="ok", metrics={"AP": 0.6067}, provenance=provenance)
         store.record_alignment(cell.id, {"cell": key, "reference": "m/pytorch/fp32/b1/s320/cpu/nms-none",
                                          "status": "ok", "missing": 3, "extra": 2,
-                                         "int8_layers": int8_layers(_provenance())})
+                                         "int8_layers": int8_layers(provenance)})
     monkeypatch.setenv("DETBENCH_DB", url)
     at = AppTest.from_file(str(ROOT / "dashboard/app.py"), default_timeout=60)
     at.run()
     at.switch_page("views/alignment.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    assert "int8 sensitivity per layer group" in [s.value for s in at.subheader]
+    subheaders = [s.value for s in at.subheader]
+    assert "int8 sensitivity per layer group" in subheaders
+    assert "int8 ΔAP per layer group, on the evaluation images" in subheaders
     text = "\n".join(str(e.value) for kind in ("markdown", "caption") for e in at.get(kind))
     assert "92.2% of conv FLOPs int8" in text and "disappears when backbone.stage2 stays float" in text
+    assert "75% of the int8 ΔAP (-0.0100) disappears when the head stays float" in text
     assert any("group" in df.value and "backbone.stage2" in df.value["group"].tolist() for df in at.dataframe)
+    assert any("left float" in df.value and "head" in df.value["left float"].tolist() for df in at.dataframe)
+    import json
+
+    bars = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    bars = [b for b in bars if b["layout"]["title"]["text"].startswith("what disappears")]
+    assert len(bars) == 1 and bars[0]["data"][0]["x"][2] == "head"
+    assert bars[0]["data"][0]["y"][2] == pytest.approx(0.75)
 
 
 @needs_stack
@@ -401,3 +421,175 @@ def test_tensorrt_runner_builds_an_int8_mixed_cell(tmp_path):
     facts = runner.info.facts
     assert "int8_mixed" in facts and facts["int8_sensitivity"]["rows"]
     assert facts["engine"]["engine_size"] > 0 and facts["engine"]["typing"] == "strong"
+
+
+# ---------------------------------------------------------------- attribution on the evaluation images
+
+
+class FakeEvalSplit(FakeEvaluator):
+    """AP and differing detections additive over the groups still int8; no ONNX involved."""
+
+    def __init__(self, losses, diffs, groups):
+        super().__init__(losses, groups)
+        self.diffs = diffs
+        self.split = SimpleNamespace(source="evaluation split", images=100)
+        self.match_iou, self.method = 0.5, "minmax"
+
+    def evaluate(self, exclude):
+        out = super().evaluate(exclude)
+        if exclude is None:
+            return {**out, "detections": 3000}
+        float_groups = {g for g, nodes in self.groups.items() if nodes and set(nodes) <= set(exclude)}
+        d = sum(v for g, v in self.diffs.items() if g not in float_groups)
+        return {**out, "differences": d, "missing": d // 2, "extra": d - d // 2}
+
+
+def _attribution():
+    from harness.calibration.attribution import attribute
+
+    groups = {"backbone.stem": ["b0"], "backbone.stage1": ["b1"], "neck.top_down_layers": ["n1"],
+              "head.cls_preds.convs": ["h1"], "head.cls_preds.pred": ["h2"], "decode": []}
+    flops = {"b0": 10.0, "b1": 40.0, "n1": 30.0, "h1": 15.0, "h2": 5.0}
+    losses = {"backbone.stem": 0.001, "backbone.stage1": 0.001, "neck.top_down_layers": 0.0005,
+              "head.cls_preds.convs": 0.0045, "head.cls_preds.pred": 0.003}  # the head: 75 % of 0.01
+    diffs = {"backbone.stem": 100, "backbone.stage1": 100, "neck.top_down_layers": 200,
+             "head.cls_preds.convs": 400, "head.cls_preds.pred": 200}
+    table = {"rows": [{"group": "head.cls_preds.convs", "convs": 1, "rank": 1},
+                      {"group": "head.cls_preds.pred", "convs": 1, "rank": 2},
+                      {"group": "backbone.stem", "convs": 1, "rank": 3},
+                      {"group": "neck.top_down_layers", "convs": 1, "rank": 4},
+                      {"group": "decode", "convs": 0}]}
+    mix = {"kept_float_groups": ["head.cls_preds.convs", "head.cls_preds.pred"]}
+    return attribute(FakeEvalSplit(losses, diffs, groups), groups, flops, table, mix)
+
+
+def test_evaluation_attribution_measures_parts_top_groups_and_the_mix():
+    record = _attribution()
+    assert record["int8_delta_ap"] == pytest.approx(-0.01) and record["int8_differences"] == 1000
+    names = [(r["kind"], r["name"]) for r in record["rows"]]
+    # parts, then the ranking's top 3; the mix equals the "head" part, so it is not measured twice
+    assert names == [("part", "backbone"), ("part", "neck"), ("part", "head"),
+                     ("group", "head.cls_preds.convs"), ("group", "head.cls_preds.pred"),
+                     ("group", "backbone.stem")]
+    head = record["rows"][2]
+    assert head["groups"] == ["head.cls_preds.convs", "head.cls_preds.pred"]
+    assert head["recovered_fraction"] == pytest.approx(0.75)
+    assert head["differences_recovered_fraction"] == pytest.approx(0.6)
+    assert head["flops_fraction"] == pytest.approx(0.2) and head["delta_ap"] == pytest.approx(-0.0025)
+
+
+def test_evaluation_attribution_sentences_and_rows():
+    from harness.calibration.attribution import lines, rows, summary_lines
+
+    record = _attribution()
+    text = lines(record)
+    assert text[0] == ("75% of the int8 ΔAP (-0.0100) disappears when the head stays float (20.0% of "
+                       "conv FLOPs; evaluation split, 100 images; 60% of the 1,000 differing detections too)")
+    assert len(text) == 4
+    table = rows(record)
+    assert table[0]["left float"] == "nothing (the int8 graph)" and table[0]["differing detections"] == "1,000"
+    assert table[3]["left float"] == "head" and table[3]["ΔAP removed"] == "75%"
+    mix = {"ap_budget": 0.003, "met": True, "kept_float_groups": ["backbone.stage2"],
+           "int8_conv_flops_fraction": 0.922}
+    shown = summary_lines({"int8_mixed": mix, "int8_attribution": record})
+    assert shown[0].startswith("mix: ΔAP budget 0.003 met on the sensitivity split; float: backbone.stage2")
+    assert shown[1] == text[0]
+
+
+def test_no_loss_is_said_plainly():
+    from harness.calibration.attribution import lines
+
+    record = {**_attribution(), "int8_delta_ap": 0.0004}
+    assert lines(record)[0].startswith("int8 costs no AP on the evaluation split, 100 images (ΔAP +0.0004")
+
+
+def test_compare_puts_the_evaluation_attribution_first():
+    from harness.runner.compare import int8_layers
+
+    layers = int8_layers({**_provenance(), "int8_attribution": _attribution()})
+    assert layers["evaluation"]["rows"]
+    assert layers["attribution"][0].startswith("75% of the int8 ΔAP (-0.0100) disappears when the head")
+    assert any("sensitivity split, 64 images" in line for line in layers["attribution"])
+
+
+def test_show_prints_where_an_int8_cells_ap_went(tmp_path):
+    from harness.store import Store
+
+    url = f"sqlite:///{tmp_path / 'show.db'}"
+    key = "m/onnxruntime/int8-mixed/b1/s320/cpu/nms-none"
+    with Store(url) as store:
+        run_id = store.create_run(name="int8", matrix_path=None, matrix_hash="0", matrix_yaml="",
+                                  git_sha=None, detbench_version="0", environment={},
+                                  cells=[{"key": key, "position": 0, "model": "m", "backend": "onnxruntime",
+                                          "precision": "int8-mixed", "batch": 1, "imgsz": 320,
+                                          "device": "cpu", "nms": "none", "params": {}}])
+        cell = store.cells(run_id)[0]
+        store.record_result(cell.id, status="ok", metrics={"AP": 0.6},
+                            provenance={**_provenance(), "int8_attribution": _attribution(),
+                                        "calibration_method": "minmax", "calibration_images": 32})
+    r = run_cli("show", "latest", "--db", url, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.split())
+    assert f"{key}: 75% of the int8 ΔAP (-0.0100) disappears when the head stays float" in out
+    assert f"{key}: mix: ΔAP budget 0.003 met" in out and "minmax · 32 img" in out
+
+
+def test_study_cells_pair_with_their_own_calibration_point():
+    """A calibration study's int8 cells differ in their point: the batch twin and the plain-int8
+    twin of a mixed cell are those of the same point."""
+    from harness.evaluate.alignment.pairing import batch_twin
+    from harness.runner.compare import _mix_on_evaluation
+
+    def cell(i, precision, batch, point, ap):
+        return SimpleNamespace(id=i, key=f"k{i}", model="m", backend="onnxruntime", precision=precision,
+                               batch=batch, imgsz=320, device="cpu", nms="none", status="ok",
+                               metrics={"AP": ap}, params={"calibration_variant": point, "eval": {}})
+
+    ref = cell(0, "fp32", 1, None, 0.60)
+    cells = [ref, cell(1, "int8", 1, "minmax-32", 0.58), cell(2, "int8", 1, "mse-32", 0.59),
+             cell(3, "int8", 8, "mse-32", 0.59), cell(4, "int8-mixed", 1, "mse-32", 0.595)]
+    assert batch_twin(cells[3], cells).id == 2
+    layers = {"mixed": {"kept_float_groups": ["neck"]}}
+    line = _mix_on_evaluation(cells[4], ref, cells, layers)[0]
+    assert "removes 50% of the int8 cell's ΔAP (-0.0100 -> -0.0050" in line
+
+
+# ---------------------------------------------------------------- a mix given by name
+
+
+def test_given_mix_counts_flops_and_names_unknown_groups():
+    from harness.calibration.sensitivity import given_mix
+
+    groups = {"backbone": ["b1", "b2"], "neck": ["n1"], "head.pred": ["h1"], "decode": []}
+    flops = {"b1": 50.0, "b2": 30.0, "n1": 15.0, "h1": 5.0}
+    mix = given_mix(groups, flops, ["neck", "head.pred"])
+    assert mix["kept_float_nodes"] == ["h1", "n1"] and mix["int8_conv_flops_fraction"] == pytest.approx(0.8)
+    assert mix["met"] is None and mix["source"] == "calibration.float_groups"
+    with pytest.raises(UserError, match=r"calibration.float_groups: 'decode' is not a layer group with "
+                                        r"convolutions in this model's graph; its groups: backbone, neck, head.pred"):
+        given_mix(groups, flops, ["decode"])
+
+
+@needs_stack
+def test_int8_mixed_cell_with_given_float_groups_skips_the_search(tmp_path):
+    from harness import matrix as mx
+    from harness.backends.onnxruntime import OnnxRuntimeRunner
+    from harness.data.datasets import resolve_dataset
+    from harness.runner.context import CellContext
+
+    m = mx.parse({"models": [{"name": "yolov8_n", "checkpoint": "random"}], "backends": ["onnxruntime"],
+                  "precisions": ["int8-mixed"], "image_sizes": [64],
+                  "dataset": {"synth": {"images": 2, "seed": 2, "size": 96}},
+                  "calibration": {"images": 2, "seed": 3, "sensitivity": True,
+                                  "float_groups": ["backbone.stem", "head.reg_preds.pred"]}})
+    cell = {**mx.expand(m)[0], "dataset": resolve_dataset(m.dataset, tmp_path)}
+    runner = OnnxRuntimeRunner(cell, CellContext(cell, tmp_path, tmp_path))
+    runner.load()
+    facts = runner.info.facts
+    mix = facts["int8_mixed"]
+    assert mix["kept_float_groups"] == ["backbone.stem", "head.reg_preds.pred"] and mix["met"] is None
+    assert "int8_sensitivity" not in facts and "int8_attribution" not in facts  # no split, no search
+    fed = _dq_fed(facts["model_file"])
+    assert {n for n, q in fed.items() if not q} == set(mix["kept_float_nodes"]) and len(mix["kept_float_nodes"]) == 4
+    assert not runner.info.warnings
+    runner.close()

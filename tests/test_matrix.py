@@ -96,3 +96,90 @@ def test_paths_are_relative_to_the_matrix_file(tmp_path):
     assert m.models[0].config == str(tmp_path / "cfg.py")
     assert m.models[0].checkpoint == str(tmp_path / "sub" / "w.pth")
     assert m.dataset.images == str(tmp_path / "sub" / "imgs")
+
+
+# ---------------------------------------------------------------- calibration study (#18)
+
+
+def _study(calibration, precisions=("fp32", "int8", "int8-mixed"), overrides=()):
+    return mx.parse({"models": [{"name": "yolov8_n", "checkpoint": "random"}],
+                     "backends": ["onnxruntime"], "precisions": list(precisions),
+                     "dataset": {"synth": {"images": 4}}, "calibration": calibration,
+                     "overrides": list(overrides)})
+
+
+def test_calibration_lists_expand_int8_cells_over_method_times_size():
+    cells = mx.expand(_study({"method": ["minmax", "entropy"], "images": [32, 128]}))
+    by_precision = {}
+    for c in cells:
+        by_precision.setdefault(c["precision"], []).append(c)
+    assert len(by_precision["fp32"]) == 1 and by_precision["fp32"][0]["calibration_variant"] is None
+    assert by_precision["fp32"][0]["key"].endswith("/nms-none")  # a non-int8 cell keeps its key
+    for precision in ("int8", "int8-mixed"):
+        got = [(c["calibration"]["method"], c["calibration"]["images"]) for c in by_precision[precision]]
+        assert got == [("minmax", 32), ("entropy", 32), ("minmax", 128), ("entropy", 128)]
+        assert [c["key"].rsplit("/", 1)[1] for c in by_precision[precision]] == [
+            "cal-minmax-32", "cal-entropy-32", "cal-minmax-128", "cal-entropy-128"]
+    assert len({c["key"] for c in cells}) == len(cells) == 9
+    assert all(isinstance(c["calibration"]["method"], str) and isinstance(c["calibration"]["images"], int)
+               for c in cells)  # every consumer sees one point
+
+
+def test_a_single_calibration_point_keeps_the_plain_keys():
+    plain = mx.expand(_study({"method": "entropy", "images": 64}))
+    listed = mx.expand(_study({"method": ["entropy"], "images": [64]}))
+    assert [c["key"] for c in plain] == [c["key"] for c in listed]
+    assert all(c["calibration_variant"] is None for c in plain + listed)
+    assert listed[1]["calibration"]["method"] == "entropy" and listed[1]["calibration"]["images"] == 64
+
+
+def test_an_override_can_sweep_one_backend_only():
+    m = _study({"images": 32}, precisions=("int8",),
+               overrides=[{"match": {"backend": "onnxruntime"}, "set": {"calibration": {"method": ["minmax", "mse"]}}}])
+    assert [c["key"].rsplit("/", 1)[1] for c in mx.expand(m)] == ["cal-minmax-32", "cal-mse-32"]
+
+
+@pytest.mark.parametrize("calibration, message", [
+    ({"method": []}, "calibration.method: an empty list sweeps nothing"),
+    ({"method": ["mse", "mse"]}, "calibration.method: 'mse' is listed twice"),
+    ({"method": ["minmax", "kl"]}, "calibration.method[1]: the text 'kl' is not allowed: use 'minmax', "
+                                   "'entropy', 'percentile' or 'mse'"),
+    ({"images": [32, 0]}, "calibration.images[1]: must be greater than 0, got 0"),
+    ({"images": 0}, "calibration.images: must be greater than 0, got 0"),
+])
+def test_bad_calibration_sweeps_are_one_clear_line(calibration, message):
+    with pytest.raises(UserError) as err:
+        _study(calibration)
+    assert str(err.value).startswith(f"<matrix>: {message}") and "\n" not in str(err.value)
+
+
+def test_plan_names_each_calibration_point(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("models: [{name: yolov8_n, checkpoint: random}]\nbackends: [onnxruntime]\n"
+                    "precisions: [fp32, int8]\ndataset: {synth: {images: 4}}\n"
+                    "calibration: {method: [minmax, percentile], images: [32, 512]}\n")
+    from conftest import run_cli
+
+    r = run_cli("plan", path, "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    cells = json.loads(r.stdout)["cells"]
+    assert [c["calibration_variant"] for c in cells] == [None, "minmax-32", "percentile-32",
+                                                         "minmax-512", "percentile-512"]
+
+
+def test_series_identity_tells_calibration_points_apart():
+    from types import SimpleNamespace
+
+    from harness.check.series import plan_id
+
+    def cell(precision, **calibration):
+        return SimpleNamespace(model="m", backend="onnxruntime", precision=precision, batch=1, imgsz=320,
+                               nms="none", device="cpu", params={"calibration": calibration})
+
+    default = plan_id(cell("int8", method="minmax", images=32))
+    assert default == plan_id(SimpleNamespace(**{**vars(cell("int8")), "params": {}}))  # old stores
+    assert len({default, plan_id(cell("int8", method="entropy", images=32)),
+                plan_id(cell("int8", method="minmax", images=128))}) == 3
+    assert plan_id(cell("fp32", method="entropy", images=128)) == plan_id(cell("fp32"))

@@ -92,6 +92,14 @@ def _int8_layers(data: dict) -> None:
     layers = data.get("int8_layers")
     if not isinstance(layers, dict) or not layers.get("sensitivity"):
         return
+    evaluation = layers.get("evaluation")
+    if isinstance(evaluation, dict) and evaluation.get("rows"):
+        from harness.calibration.attribution import caption, rows
+
+        st.subheader("int8 ΔAP per layer group, on the evaluation images")
+        st.caption(caption(evaluation))
+        st.plotly_chart(charts.int8_attribution_bars(evaluation), key="int8-attribution")
+        st.dataframe(pd.DataFrame(rows(evaluation)), hide_index=True)
     st.subheader("int8 sensitivity per layer group")
     st.caption(mix_summary(layers))
     st.dataframe(pd.DataFrame(sensitivity_rows(layers)), hide_index=True)

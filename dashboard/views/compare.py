@@ -38,6 +38,8 @@ def main() -> None:
             tables.show(tables.FRONTIER_COLUMNS[:6] + [y, x],
                         tables.frame_rows(front, tables.FRONTIER_COLUMNS[:6] + [y, x]))
 
+    _calibration_study(ctx)
+
     st.subheader("Throughput vs batch size")
     st.plotly_chart(charts.throughput_lines(ok), key="throughput")
 
@@ -53,6 +55,35 @@ def main() -> None:
                                 stem=ctx.run.id, header=report.run_header(ctx.run, ctx.cells))
     else:
         st.info("No cells among those shown.")
+
+
+def _calibration_study(ctx) -> None:
+    """int8 AP vs calibration method and calibration set size, when the run sweeps them (#18)."""
+    from dashboard import calibration
+
+    frame = calibration.study_frame(ctx.selected)
+    if frame.empty:
+        return
+    st.subheader("int8 calibration: AP vs method and calibration set size")
+    references = {f"{c.backend} {c.precision} (reference)": c.metrics["AP"] for c in ctx.cells
+                  if (c.backend, c.precision) == report.REFERENCE and c.status == "ok"
+                  and (c.metrics or {}).get("AP") is not None
+                  and (c.model, c.imgsz) in set(zip(frame["model"], frame["imgsz"]))}
+    st.plotly_chart(calibration.study_figure(frame, dict(list(references.items())[:1])),
+                    key="calibration-study")
+    for line in calibration.same_scales(frame):
+        st.warning(line)
+    failed = frame[frame["status"] != "ok"]
+    st.caption(f"{len(frame) - len(failed)} int8 cells of this run, one per calibration method × "
+               "calibration set size (a matrix with lists in `calibration.method` / "
+               "`calibration.images`); every point is evaluated on the run's evaluation split. "
+               "Dashed: the same backend's fp32 AP (the int8 graph's float baseline); dotted: the "
+               "PyTorch fp32 reference." + (f" Not ok: {', '.join(failed['key'])}." if len(failed) else ""))
+    left, right = st.columns(2)
+    left.markdown("**AP**")
+    left.dataframe(calibration.pivot(frame, "AP").round(4), hide_index=True)
+    right.markdown("**ΔAP vs fp32 (same backend)**")
+    right.dataframe(calibration.pivot(frame, "dAP_fp32").round(4), hide_index=True)
 
 
 main()

@@ -173,7 +173,7 @@ def _preload_cuda(ort) -> None:
 
 def _mix_warning(info: dict) -> list[str]:
     mix = info.get("int8_mixed")
-    return [mix["note"]] if mix and not mix["met"] else []
+    return [mix["note"]] if mix and mix["met"] is False else []  # None: a given mix, no budget
 
 
 def _jsonable(obj):

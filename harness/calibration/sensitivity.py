@@ -193,11 +193,15 @@ class Evaluator:
     """AP (and output SQNR) of the fp32 graph or a Q/DQ graph with some Convs kept float."""
 
     def __init__(self, fp32_onnx: Path, calib, method: str, percentile: float, cache_dir: Path,
-                 split: Split, test_cfg):
+                 split: Split, test_cfg, match_iou: float | None = None):
+        """``match_iou``: also count each Q/DQ graph's detections that differ from the fp32
+        graph's (class-aware greedy matching at this IoU, as the alignment analysis does)."""
         self.fp32_onnx, self.calib, self.method, self.percentile = Path(fp32_onnx), calib, method, percentile
         self.cache_dir, self.split, self.test_cfg = Path(cache_dir), split, test_cfg
+        self.match_iou = match_iou
         self.folder = self.cache_dir / "int8" / "sensitivity"
         self._fp32_outputs = None
+        self._fp32_dets = None
         self.evaluations = 0  # evaluations actually run (not served from the cache)
 
     def graph(self, exclude) -> Path:
@@ -215,16 +219,21 @@ class Evaluator:
         from harness.measure.provenance import file_hash
 
         graph = self.graph(exclude)
-        key = hashlib.sha256(json.dumps([file_hash(graph), self.split.sha256, _cfg_repr(self.test_cfg),
-                                         SQNR_IMAGES, "v1"]).encode()).hexdigest()[:24]
+        parts = [file_hash(graph), self.split.sha256, _cfg_repr(self.test_cfg), SQNR_IMAGES, "v1"]
+        if self.match_iou is not None:
+            parts.append(["differences", self.match_iou])
+        key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
         def build(staged: Path) -> None:
             outputs = self._run(graph)
-            result = {"ap": self._ap(outputs)}
+            dets, ids = self._coco(outputs)
+            result = {"ap": self._evaluate(dets, ids), "detections": len(dets)}
             if exclude is not None:
                 fp32 = self.fp32_outputs()
                 result["boxes_sqnr_db"] = sqnr_db(fp32[0], outputs[0])
                 result["scores_sqnr_db"] = sqnr_db(fp32[1], outputs[1])
+                if self.match_iou is not None:
+                    result.update(self._differences(dets, ids))
             self.evaluations += 1
             staged.write_text(json.dumps(result))
 
@@ -250,8 +259,9 @@ class Evaluator:
             scores.append(s.astype(np.float32))
         return np.concatenate(boxes), np.concatenate(scores)
 
-    def _ap(self, outputs) -> float:
-        from harness.evaluate.coco_eval import evaluate, to_coco_detections
+    def _coco(self, outputs) -> tuple[list[dict], list[int]]:
+        """COCO result entries of raw (boxes, scores) outputs through mmyolo's post-processing."""
+        from harness.evaluate.coco_eval import to_coco_detections
         from harness.export.host_nms import host_postprocess
 
         boxes, scores = outputs
@@ -264,7 +274,28 @@ class Evaluator:
                                                self.split.category_ids)[0])
             ids.extend(chunk_ids)
             offset += n
+        return dets, ids
+
+    def _evaluate(self, dets: list[dict], ids: list[int]) -> float:
+        from harness.evaluate.coco_eval import evaluate
+
         return evaluate(self.split.ann_file, dets, ids)["stats"]["AP"]
+
+    def _differences(self, dets: list[dict], ids: list[int]) -> dict:
+        """Detections missing from / extra to the fp32 graph's, per image, summed."""
+        from harness.evaluate.alignment.detsets import from_coco
+        from harness.evaluate.alignment.matching import greedy_match
+
+        if self._fp32_dets is None:
+            self._fp32_dets = from_coco(self._coco(self.fp32_outputs())[0], ids)
+        got = from_coco(dets, ids)
+        missing = extra = matched = 0
+        for image_id in ids:
+            m = greedy_match(self._fp32_dets[image_id], got[image_id], self.match_iou)
+            missing += len(m.unmatched_a)
+            extra += len(m.unmatched_b)
+            matched += len(m.a_idx)
+        return {"differences": missing + extra, "missing": missing, "extra": extra, "matched": matched}
 
     def conv_sqnr(self, nodes_by_group: dict) -> dict[str, float]:
         """Mean SQNR (dB) of each group's Conv outputs in the fully quantized graph vs fp32."""
@@ -458,8 +489,12 @@ def int8_graph(ctx, fp32_onnx: Path, test_cfg) -> tuple[Path, dict]:
     """The cell's int8 Q/DQ graph and its facts: plain, ranked (``sensitivity``), or mixed.
 
     Mixed when the precision is ``int8-mixed`` or ``calibration.ap_budget`` is
-    set (budget 0.003 unless given); the ranked table and the mix go into the
-    cell's provenance (``int8_sensitivity``, ``int8_mixed``).
+    set (budget 0.003 unless given), the float groups searched on the sensitivity
+    split unless ``calibration.float_groups`` names them (:func:`given_mix`: no
+    split, no table); the ranked table and the mix go into the
+    cell's provenance (``int8_sensitivity``, ``int8_mixed``), and with them the
+    per-group attribution on the evaluation images (``int8_attribution``, see
+    ``attribution.py``; off with ``calibration.attribution_images: 0``).
     """
     import onnx
 
@@ -472,12 +507,18 @@ def int8_graph(ctx, fp32_onnx: Path, test_cfg) -> tuple[Path, dict]:
     mixed = cell["precision"] == "int8-mixed" or c.get("ap_budget") is not None
     if not (mixed or c.get("sensitivity")):
         return path, info
-    found, where = sensitivity_images(cell, ctx.cache_dir)
-    split = build_split(found, ctx.preprocessor("cpu"), where)
-    ev = Evaluator(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir, split, test_cfg)
     model = onnx.load(str(fp32_onnx))
     groups = layer_groups(model)
     flops = conv_flops(model, cell["imgsz"])
+    given = c.get("float_groups") if mixed else None
+    if given is not None:  # a mix chosen earlier: no sensitivity split, no search
+        mix = given_mix(groups, flops, given)
+        path, mixed_info = quantize_qdq(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir,
+                                        exclude=tuple(mix["kept_float_nodes"]))
+        return path, _finite({**mixed_info, "int8_mixed": mix})
+    found, where = sensitivity_images(cell, ctx.cache_dir)
+    split = build_split(found, ctx.preprocessor("cpu"), where)
+    ev = Evaluator(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir, split, test_cfg)
     table = analyse(ev, groups, flops)
     info = {**info, "int8_sensitivity": table}
     if mixed:
@@ -488,7 +529,29 @@ def int8_graph(ctx, fp32_onnx: Path, test_cfg) -> tuple[Path, dict]:
                                         exclude=tuple(mix["kept_float_nodes"]))
         info = {**mixed_info, "int8_sensitivity": table, "int8_mixed": mix}
     info["int8_sensitivity_evaluations_run"] = ev.evaluations
+    from harness.calibration.attribution import evaluation_attribution
+
+    attribution = evaluation_attribution(ctx, fp32_onnx, calib, test_cfg, groups, flops, table,
+                                         info.get("int8_mixed"))
+    if attribution is not None:
+        info["int8_attribution"] = attribution
     return path, _finite(info)
+
+
+def given_mix(groups: dict[str, list[str]], flops: dict[str, float], names: list[str]) -> dict:
+    """The mix ``calibration.float_groups`` names (e.g. one an earlier run's search found): no
+    budget and no search, so ``met`` and the sensitivity ΔAP are None."""
+    known = [g for g, nodes in groups.items() if nodes]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"calibration.float_groups: '{unknown[0]}' is not a layer group with "
+                        f"convolutions in this model's graph; its groups: {', '.join(known)}")
+    nodes = sorted(n for g in names for n in groups[g])
+    total = sum(flops.values()) or 1.0
+    return {"source": "calibration.float_groups", "ap_budget": None, "met": None,
+            "kept_float_groups": list(names), "kept_float_nodes": nodes,
+            "int8_conv_flops_fraction": 1.0 - sum(flops.get(n, 0.0) for n in nodes) / total,
+            "sensitivity_delta_ap": None, "search": []}
 
 
 def _finite(obj):

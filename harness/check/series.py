@@ -25,17 +25,30 @@ def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+#: the calibration point every int8 series had before calibration was part of the identity
+DEFAULT_CALIBRATION = {"method": "minmax", "images": 32}
+
+
 def plan_identity(cell: Any) -> dict[str, Any]:
-    """What the plan fixes: axes, timing mode, eval settings and dataset spec (no paths)."""
+    """What the plan fixes: axes, timing mode, eval settings and dataset spec (no paths);
+    for int8 cells also the calibration method and size when they are not the default
+    (:data:`DEFAULT_CALIBRATION`, left out so series recorded before keep their ids):
+    the cells of a calibration study share their axes but are different series."""
     params = cell.params or {}
     timing = params.get("timing") or {}
     dataset = params.get("dataset") or {}
-    return {"model": cell.model, "backend": cell.backend, "precision": cell.precision,
-            "batch": cell.batch, "imgsz": cell.imgsz, "nms": cell.nms or "none",
-            "device_kind": "cuda" if str(cell.device).startswith("cuda") else str(cell.device),
-            "cuda_graph": bool(timing.get("cuda_graph", False)), "e2e": bool(timing.get("e2e", True)),
-            "eval": params.get("eval"), "dataset": {"limit": dataset.get("limit"),
-                                                     "synth": dataset.get("synth")}}
+    identity = {"model": cell.model, "backend": cell.backend, "precision": cell.precision,
+                "batch": cell.batch, "imgsz": cell.imgsz, "nms": cell.nms or "none",
+                "device_kind": "cuda" if str(cell.device).startswith("cuda") else str(cell.device),
+                "cuda_graph": bool(timing.get("cuda_graph", False)), "e2e": bool(timing.get("e2e", True)),
+                "eval": params.get("eval"), "dataset": {"limit": dataset.get("limit"),
+                                                         "synth": dataset.get("synth")}}
+    if cell.precision in ("int8", "int8-mixed"):
+        calibration = params.get("calibration") or {}
+        point = {k: calibration.get(k, v) for k, v in DEFAULT_CALIBRATION.items()}
+        if point != DEFAULT_CALIBRATION:
+            identity["calibration"] = point
+    return identity
 
 
 def measured_identity(cell: Any, run_environment: dict | None) -> dict[str, Any] | None:

@@ -89,8 +89,10 @@ def _mix_on_evaluation(cell, ref, cells, layers) -> list[str]:
     """On the evaluation split: the share of the plain int8 cell's ΔAP that the mix removes."""
     mix = layers.get("mixed")
     axes = ("model", "backend", "batch", "imgsz", "device", "nms")
+    point = (cell.params or {}).get("calibration_variant")  # a calibration study: the same point
     twin = next((c for c in cells if c.precision == "int8" and c.status == "ok" and c.id != cell.id
-                 and all(getattr(c, a) == getattr(cell, a) for a in axes)), None)
+                 and all(getattr(c, a) == getattr(cell, a) for a in axes)
+                 and (c.params or {}).get("calibration_variant") == point), None)
     if not mix or twin is None or not (ref.metrics and twin.metrics and cell.metrics):
         return []
     full = twin.metrics["AP"] - ref.metrics["AP"]
@@ -106,11 +108,17 @@ def int8_layers(provenance: dict) -> dict | None:
     """An int8 cell's layer-group sensitivity table, its mix and the attribution sentences."""
     from harness.calibration.sensitivity import attribution_lines
 
+    from harness.calibration.attribution import lines as evaluation_lines
+
     table = provenance.get("int8_sensitivity")
     if not table:
         return None
     mix = provenance.get("int8_mixed")
     out = {"sensitivity": table, "attribution": attribution_lines(table)}
+    evaluation = provenance.get("int8_attribution")  # the same question on the evaluation images
+    if evaluation:
+        out["evaluation"] = evaluation
+        out["attribution"] = evaluation_lines(evaluation) + out["attribution"]
     if mix:
         out["mixed"] = {k: v for k, v in mix.items() if k != "kept_float_nodes"}
         out["mixed"]["kept_float_convs"] = len(mix.get("kept_float_nodes") or [])

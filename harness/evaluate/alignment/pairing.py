@@ -43,8 +43,11 @@ def reference_for(cell, cells) -> tuple[object | None, str | None]:
 
 
 def _twin_key(cell) -> tuple:
-    ev = json.dumps((cell.params or {}).get("eval"), sort_keys=True)
-    return (cell.model, cell.backend, cell.precision, cell.imgsz, cell.device, cell.nms, ev)
+    params = cell.params or {}
+    ev = json.dumps(params.get("eval"), sort_keys=True)
+    # a calibration study's int8 cells differ in their calibration point, not only in batch
+    return (cell.model, cell.backend, cell.precision, cell.imgsz, cell.device, cell.nms, ev,
+            params.get("calibration_variant"))
 
 
 def batch_twin(cell, cells):
