@@ -18,6 +18,9 @@ torch = pytest.importorskip("torch", reason="the rotated family is torch code")
 shapely_geometry = pytest.importorskip("shapely.geometry", reason="shapely is the IoU oracle")
 
 IMGSZ = 128
+# ONNX Runtime vs PyTorch, as tests/test_export.py: float32 kernels differ in summation order
+# (a raw distance off by 1.5e-4 is 5e-3 px after the stride-32 scale)
+BOX_ATOL, BOX_RTOL, SCORE_ATOL, ANGLE_ATOL = 1e-2, 1e-4, 1e-5, 1e-3  # angle: radians (0.06 deg)
 
 
 def corners(box):
@@ -278,3 +281,220 @@ def test_tiny_training_step_with_the_configs_own_loss_and_assigner(tiny):
     assert all(torch.isfinite(g).all() for g in grads.values())
     for branch in ("rtm_ang", "rtm_reg", "rtm_cls"):
         assert any(branch in n and g.abs().sum() > 0 for n, g in grads.items()), branch
+
+
+# --------------------------------------------------------------------------- deploy: decode, export
+
+class Rotated:
+    """The tiny RTMDet-R at IMGSZ with varied outputs, two letterboxed images, its decode, its export."""
+
+    def __init__(self, cfg, model, prep, boxes, scores, onnx_path):
+        self.cfg, self.model, self.prep = cfg, model, prep
+        self.boxes, self.scores, self.onnx_path = boxes, scores, onnx_path
+        self.inputs, self.metas = prep.inputs, prep.metas
+
+
+@pytest.fixture(scope="module")
+def rot(mm, tmp_path_factory):
+    import numpy as np
+
+    from harness.export.deploy import DeployModel
+    from harness.export.onnx_export import export_onnx
+    from harness.models.mmyolo_build import build_model
+    from harness.models.preprocess import Preprocessor
+
+    cfg = load("tiny")
+    model = build_model(cfg, "random", seed=0)
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (100, 150, 3), dtype=np.uint8),
+              rng.integers(0, 256, (140, 90, 3), dtype=np.uint8)]
+    prep = Preprocessor(cfg)(images, [0, 1])
+    _varied(model, prep.inputs)
+    with torch.no_grad():
+        boxes, scores = DeployModel(model).eval()(prep.inputs)
+    path = tmp_path_factory.mktemp("rot") / "none.onnx"
+    meta = export_onnx(model, cfg, path, imgsz=IMGSZ, nms="none", opset=17)
+    assert [o["name"] for o in meta["outputs"]] == ["boxes", "scores"]
+    return Rotated(cfg, model, prep, boxes, scores, path)
+
+
+def _varied(model, inputs) -> None:
+    """Random init is degenerate in eval mode (BN stats 0/1, angle convs at std 0.01): calibrate
+    BN on the inputs and widen the angle convs, so scores, boxes and angles vary (angles span
+    the whole le90 range, wrap included)."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for conv in model.bbox_head.head_module.rtm_ang:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.5)
+            conv.bias.copy_(torch.randn(conv.bias.shape, generator=gen))
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None
+        model.train()
+        model.bbox_head(model.extract_feat(inputs))
+    model.eval()
+
+
+def _raw(rot):
+    with torch.no_grad():
+        return rot.model.bbox_head(rot.model.extract_feat(rot.inputs))
+
+
+def _test_cfg(rot, **overrides):
+    import copy
+
+    from mmengine.config import ConfigDict
+
+    cfg = copy.deepcopy(rot.model.bbox_head.test_cfg)
+    cfg.update(overrides)
+    return ConfigDict(cfg)
+
+
+def _angle_close(a, b, atol):
+    """Angles equal modulo pi (le90 wraps -pi/2 and pi/2 onto one box)."""
+    d = torch.remainder(a - b + math.pi / 2, math.pi) - math.pi / 2
+    return bool((d.abs() <= atol).all())
+
+
+def test_decode_equals_the_heads_predict_by_feat(rot, monkeypatch):
+    """Oracle: the tensors inside RTMDetRotatedHead.predict_by_feat (bbox_coder.decode's output
+    and the per-image (A, C) scores filter_scores_and_topk receives), recorded, not re-derived."""
+    from mmyolo.models.dense_heads import rtmdet_rotated_head
+
+    head = rot.model.bbox_head
+    seen = {"boxes": [], "scores": []}
+    decode, filt = head.bbox_coder.decode, rtmdet_rotated_head.filter_scores_and_topk
+
+    def rec_decode(*args, **kwargs):
+        out = decode(*args, **kwargs)
+        seen["boxes"].append(out.clone())
+        return out
+
+    def rec_filter(scores, *args, **kwargs):
+        seen["scores"].append(scores.clone())
+        return filt(scores, *args, **kwargs)
+
+    monkeypatch.setattr(head.bbox_coder, "decode", rec_decode)
+    monkeypatch.setattr(rtmdet_rotated_head, "filter_scores_and_topk", rec_filter)
+    with torch.no_grad():
+        head.predict_by_feat(*_raw(rot), batch_img_metas=rot.metas,
+                             cfg=_test_cfg(rot, score_thr=0.0, nms_pre=10, multi_label=True),
+                             rescale=False, with_nms=False)
+    want_boxes = seen["boxes"][0]
+    want_scores = torch.stack(seen["scores"])
+    assert rot.boxes.shape == want_boxes.shape == (2, 336, 5)
+    assert rot.scores.shape == want_scores.shape == (2, 336, 15)
+    assert torch.allclose(rot.boxes, want_boxes, rtol=0, atol=1e-5)
+    assert torch.equal(rot.scores, want_scores)
+    angles = rot.boxes[..., 4]
+    assert angles.min() >= -math.pi / 2 and angles.max() < math.pi / 2 and angles.std() > 0.3
+
+
+def test_host_postprocess_equals_predict_by_feat(rot):
+    """score_thr, nms_pre, class-aware rotated NMS, max_per_img and the letterbox undone: the same
+    detections as predict_by_feat(rescale=True), image by image."""
+    from harness.export.host_nms import host_postprocess
+
+    thr = float(torch.quantile(rot.scores.flatten(1), 0.98, dim=1).min())
+    cfg = _test_cfg(rot, score_thr=thr, nms_pre=150, max_per_img=40)
+    with torch.no_grad():
+        want = rot.model.bbox_head.predict_by_feat(*_raw(rot), batch_img_metas=rot.metas, cfg=cfg,
+                                                   rescale=True)
+    got = host_postprocess(rot.boxes, rot.scores, rot.metas, cfg)  # (N, A, 5): the rotated path
+    for (b, s, l), w, meta in zip(got, want, rot.metas):
+        wb = _box_tensor(w.bboxes)
+        assert 5 < len(b) == len(wb) <= 40, (len(b), len(wb))
+        assert torch.equal(l, w.labels) and torch.allclose(s, w.scores, rtol=0, atol=1e-6)
+        assert torch.allclose(b[:, :4], wb[:, :4], rtol=1e-5, atol=1e-3)
+        assert _angle_close(b[:, 4], wb[:, 4], 1e-5)
+        assert meta["ori_shape"] != meta["img_shape"]  # the rescale was exercised
+    assert len(got[0][0]) != len(got[1][0]) or not torch.equal(got[0][0], got[1][0])
+
+
+def test_onnx_export_on_onnxruntime_equals_pytorch(rot):
+    """The nms:none rotated graph on ONNX Runtime CPU: decoded rboxes and scores equal PyTorch's,
+    and so are the detections after the host post-processing."""
+    import onnx
+    import onnxruntime as ort
+
+    from harness.export.host_nms import host_postprocess
+
+    proto = onnx.load(str(rot.onnx_path))
+    ops = {n.op_type for n in proto.graph.node}
+    assert not ops & {"NonMaxSuppression", "ScatterND"}, ops
+    session = ort.InferenceSession(str(rot.onnx_path), providers=["CPUExecutionProvider"])
+    boxes, scores = (torch.from_numpy(o) for o in session.run(None, {"images": rot.inputs.numpy()}))
+    assert boxes.shape == rot.boxes.shape and scores.shape == rot.scores.shape
+    assert torch.allclose(scores, rot.scores, rtol=0, atol=SCORE_ATOL)
+    diff = (boxes[..., :4] - rot.boxes[..., :4]).abs().max()
+    assert torch.allclose(boxes[..., :4], rot.boxes[..., :4], rtol=BOX_RTOL, atol=BOX_ATOL), diff
+    assert _angle_close(boxes[..., 4], rot.boxes[..., 4], ANGLE_ATOL)
+    thr = float(torch.quantile(rot.scores.flatten(1), 0.98, dim=1).min())
+    cfg = _test_cfg(rot, score_thr=thr, nms_pre=150, max_per_img=40)
+    for (b1, s1, l1), (b2, s2, l2) in zip(host_postprocess(boxes, scores, rot.metas, cfg),
+                                          host_postprocess(rot.boxes, rot.scores, rot.metas, cfg)):
+        assert len(b1) == len(b2) > 0 and torch.equal(l1, l2)
+        assert torch.allclose(s1, s2, rtol=0, atol=SCORE_ATOL)
+        assert torch.allclose(b1[:, :4], b2[:, :4], rtol=BOX_RTOL, atol=BOX_ATOL)
+        assert _angle_close(b1[:, 4], b2[:, 4], ANGLE_ATOL)
+
+
+def test_tensorrt_rtx_builds_the_rotated_export(rot):
+    """TensorRT-RTX (the builder that runs without a GPU) parses and builds the nms:none graph."""
+    from harness.trt import build_engine, check_graph, detect
+
+    rtx = detect(prefer="tensorrt_rtx")
+    assert rtx is not None and rtx.name == "tensorrt_rtx", "tensorrt-rtx is not installed"
+    assert check_graph(rot.onnx_path, rtx, "fp32") == []
+    r = build_engine(rot.onnx_path, flavour=rtx, precision="fp32", profile=(1, 2, 2))
+    assert r.engine_bytes and r.profile_shapes["images"][-1] == (2, 3, IMGSZ, IMGSZ)
+
+
+# --------------------------------------------------------------------------- in-graph NMS refused
+
+@pytest.mark.parametrize("nms", ["onnx", "efficient_nms", "batched_nms"])
+def test_in_graph_nms_of_a_rotated_model_is_refused_naming_the_absent_plugin(rot, nms):
+    from harness.errors import UserError
+    from harness.export.deploy import DeployModel
+    from harness.trt.capability import refuse_rotated_in_graph_nms, rotated_nms_problem
+
+    problem = rotated_nms_problem(nms)
+    assert problem.code == "rotated_nms_plugin_absent" and problem.node == "TRTBatchedRotatedNMS"
+    assert "TRTBatchedRotatedNMS" in str(problem) and "absent" in str(problem)
+    assert "\n" not in str(problem) and "nms: none" in problem.fix
+    assert rotated_nms_problem("none") is None
+    with pytest.raises(UserError, match="TRTBatchedRotatedNMS.*absent"):
+        DeployModel(rot.model, nms=nms)
+    cell = {"key": f"r/tensorrt/fp32/b1/s128/cuda/nms-{nms}", "model": "r", "nms": nms,
+            "box_type": "rotated", "skip_reason": None}
+    with pytest.raises(UserError, match=r"m\.yaml: cell r/tensorrt.*TRTBatchedRotatedNMS") as err:
+        refuse_rotated_in_graph_nms([cell], "m.yaml")
+    assert "\n" not in str(err.value)
+    # horizontal cells, rotated nms:none cells and statically skipped cells pass
+    refuse_rotated_in_graph_nms([{**cell, "box_type": "horizontal"}, {**cell, "nms": "none"},
+                                 {**cell, "skip_reason": "pytorch cannot execute nms"}], "m.yaml")
+
+
+def test_a_graph_with_the_rotated_nms_plugin_is_refused_by_the_graph_check():
+    import onnx
+    from onnx import TensorProto, helper
+
+    from harness.trt import detect
+    from harness.trt.capability import check_graph
+
+    node = helper.make_node("TRTBatchedRotatedNMS", ["boxes", "scores"], ["dets", "labels"],
+                            domain="mmdeploy", name="rotated_nms")
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 10, 1, 5]),
+                      helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 10, 3])],
+        [helper.make_tensor_value_info("dets", TensorProto.FLOAT, [1, 5, 6]),
+         helper.make_tensor_value_info("labels", TensorProto.INT32, [1, 5])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("mmdeploy", 1)])
+    rtx = detect(prefer="tensorrt_rtx")
+    assert rtx is not None, "tensorrt-rtx is not installed"
+    problems = check_graph(model, rtx, "fp32")
+    assert [p.code for p in problems] == ["plugin_missing"]
+    assert "TRTBatchedRotatedNMS" in problems[0].message and "mmdeploy" in problems[0].fix
+    assert isinstance(model, onnx.ModelProto)
