@@ -24,6 +24,13 @@ def resolve_dataset(spec, cache_dir: Path, where: str = "dataset") -> dict:
     return {"images": str(images), "annotations": str(ann), "limit": spec.limit}
 
 
+def box_type(annotations_path: str | Path) -> str:
+    """``"rotated"`` when the COCO file's ``info.box_type`` says so, else ``"horizontal"``."""
+    data = json.loads(Path(annotations_path).read_text(encoding="utf-8"))
+    info = data.get("info") if isinstance(data, dict) else None
+    return "rotated" if isinstance(info, dict) and info.get("box_type") == "rotated" else "horizontal"
+
+
 def synth_dataset(images: int, seed: int, size: int, cache_dir: Path) -> tuple[Path, Path]:
     """Generate (or reuse) a synthetic COCO dataset; writes to a temp dir then renames (atomic)."""
     from harness.data.synth import generate
