@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError,
-                      field_validator, model_validator)
+                      field_validator, model_serializer, model_validator)
 
 from harness.backends import BACKENDS
 from harness.errors import UserError
@@ -95,6 +95,16 @@ class SynthSpec(_Strict):
     images: int = Field(default=32, gt=0)
     seed: int = 2
     size: int = Field(default=320, ge=32)
+    rotated: bool = Field(default=False, description="rotated shapes with rotated ground truth "
+                                                     "(harness.data.synth_rotated, #19)")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """``rotated`` only when set: horizontal sets dump (and hash, and form series) as before #19."""
+        data = handler(self)
+        if not self.rotated and isinstance(data, dict):
+            data.pop("rotated", None)
+        return data
 
 
 class EvalSpec(_Strict):
@@ -524,12 +534,7 @@ def _dataset_box_type(ds: DatasetSpec, where: str, source: str) -> tuple[str, st
         return kind, f"{where}.synth generates"
     from harness.data.datasets import box_type
 
-    try:
-        kind = box_type(ds.annotations)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{source}: {where}.annotations: '{ds.annotations}' is not a readable "
-                        f"COCO json ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}): "
-                        "fix or regenerate the file") from None
+    kind = box_type(ds.annotations, where=f"{source}: {where}.annotations")
     info = "info.box_type: rotated" if kind == "rotated" else "no info.box_type: rotated"
     return kind, f"{where}.annotations '{ds.annotations}' ({info}) holds"
 
