@@ -51,3 +51,12 @@ def config_file_box_type(path: str | Path) -> tuple[str, str]:
     from harness.models.mmyolo_build import read_config
 
     return config_box_type(read_config(path))
+
+
+def of_cell(cell) -> str:
+    """What a stored cell's boxes (and so its AP) are: the measured ``metrics.box_type``, else the
+    plan's ``params.box_type``, else horizontal (cells stored before #19).  ``cell``: a
+    ``CellRecord`` or a row dict with ``metrics`` / ``params``."""
+    get = cell.get if isinstance(cell, dict) else (lambda k: getattr(cell, k, None))
+    return ((get("metrics") or {}).get("box_type") or (get("params") or {}).get("box_type")
+            or HORIZONTAL)

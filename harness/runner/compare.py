@@ -187,11 +187,10 @@ def _detections(artifacts: dict, image_ids: list[int], rotated: bool = False) ->
 
 
 def box_type(cell) -> str:
-    """What a cell's boxes and AP are: ``rotated`` or ``horizontal`` (#19); the measured value
-    (``metrics.box_type``) first, else the plan's (``params.box_type``), else horizontal
-    (cells stored before #19)."""
-    return ((cell.metrics or {}).get("box_type") or (cell.params or {}).get("box_type")
-            or "horizontal")
+    """``rotated`` or ``horizontal`` (#19): see :func:`harness.models.box_types.of_cell`."""
+    from harness.models.box_types import of_cell
+
+    return of_cell(cell)
 
 
 def _decoded(artifacts: dict):
