@@ -42,3 +42,32 @@ def synth_dataset(images: int, seed: int, size: int, cache_dir: Path) -> tuple[P
 def _generator_hash() -> str:
     """A change to the generator's code must not reuse datasets made by the old one."""
     return hashlib.sha256(Path(__file__).with_name("synth.py").read_bytes()).hexdigest()
+
+
+BOX_TYPES = ("horizontal", "rotated")
+
+
+def box_type(annotations_path, where: str = "dataset.annotations") -> str:
+    """``"rotated"`` iff the COCO file's ``info.box_type`` is ``"rotated"``, else ``"horizontal"``.
+
+    A file without ``info`` or without ``info.box_type`` is an ordinary (horizontal)
+    COCO file.  A ``box_type`` that is neither value is a user error, as is a file
+    that does not exist or is not a JSON object.
+    """
+    path = Path(annotations_path)
+    if not path.is_file():
+        raise UserError(f"{where}: '{path}' does not exist; give the path of a COCO instances json")
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError as exc:
+        raise UserError(f"{where}: '{path}' is not valid JSON ({exc}); give a COCO instances "
+                        "json") from exc
+    info = doc.get("info") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or not isinstance(info, (dict, type(None))):
+        raise UserError(f"{where}: '{path}' is not a COCO instances file (expected a JSON object "
+                        "whose 'info' is an object)")
+    value = (info or {}).get("box_type", "horizontal")
+    if value not in BOX_TYPES:
+        raise UserError(f"{where}: '{path}' has info.box_type {value!r}; use 'rotated' (with "
+                        "rbox annotations) or 'horizontal' (or leave it out)")
+    return value
