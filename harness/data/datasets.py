@@ -56,8 +56,12 @@ BOX_TYPES = ("horizontal", "rotated")
 
 
 def box_type(annotations_path, where: str = "dataset.annotations") -> str:
-    """``"rotated"`` iff the COCO file's ``info.box_type`` is ``"rotated"``, else ``"horizontal"``
-    (the #19 contract; i19data owns it)."""
+    """``"rotated"`` iff the COCO file's ``info.box_type`` is ``"rotated"``, else ``"horizontal"``.
+
+    A file without ``info`` or without ``info.box_type`` is an ordinary (horizontal)
+    COCO file.  A ``box_type`` that is neither value is a user error, as is a file
+    that does not exist or is not a JSON object.
+    """
     path = Path(annotations_path)
     if not path.is_file():
         raise UserError(f"{where}: '{path}' does not exist; give the path of a COCO instances json")
