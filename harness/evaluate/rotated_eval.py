@@ -13,8 +13,8 @@ scored on rotated IoU by :mod:`harness.evaluate.rotated_map`:
 * ``box_type: "rotated"`` and ``metric`` (the family in words) with them, so nothing compares a
   rotated AP with a horizontal one (``harness.check``, ``harness.runner.compare``).
 
-Per class: ``ap`` (COCO-style 0.50:0.95) and ``ap50`` (DOTA VOC-07 at 0.5), the ``class_ap``
-rows every cell has.
+Per class: ``ap`` (COCO-style 0.50:0.95) and ``ap50`` (COCO-style at 0.5), the ``class_ap``
+rows every cell has; DOTA's per-class AP is kept in ``metrics.dota_per_class``.
 """
 from __future__ import annotations
 
@@ -58,8 +58,9 @@ def to_rotated_coco_detections(image_id: int, rboxes, scores, labels,
 def load_ground_truth(ann_file: str | Path, image_ids) -> tuple[dict, dict[int, str]]:
     """``({image_id: {"rboxes", "labels", "difficult"}}, {category id: name})`` of the given images.
 
-    ``labels`` are category ids; ``iscrowd`` objects count as difficult (ignored, never missed).
-    An annotation without ``rbox`` is a user error naming it (a rotated dataset must have them).
+    ``labels`` are category ids; ``difficult`` and ``iscrowd`` objects are ignored as
+    :mod:`harness.evaluate.rotated_map` says.  An annotation without ``rbox`` is a user error
+    naming it (a rotated dataset must have them).
     """
     import numpy as np
 
@@ -80,8 +81,8 @@ def load_ground_truth(ann_file: str | Path, image_ids) -> tuple[dict, dict[int, 
         gts[image_id] = {
             "rboxes": np.asarray([a["rbox"] for a in anns], dtype=np.float64).reshape(-1, 5),
             "labels": np.asarray([int(a["category_id"]) for a in anns], dtype=np.int64),
-            "difficult": np.asarray([bool(a.get("difficult", 0)) or bool(a.get("iscrowd", 0))
-                                     for a in anns], dtype=bool)}
+            "difficult": np.asarray([bool(a.get("difficult", 0)) for a in anns], dtype=bool),
+            "iscrowd": np.asarray([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)}
     names = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
     return gts, names
 
@@ -109,27 +110,19 @@ def evaluate_rotated(ann_file: str | Path, detections: list[dict], image_ids) ->
     coco = rotated_map.coco_rotated_ap(dets, gts)
     voc07 = rotated_map.dota_map(dets, gts, iou_thr=0.5, use_07_metric=True)
     area = rotated_map.dota_map(dets, gts, iou_thr=0.5, use_07_metric=False)
-    stats = {**_coco_stats(coco), "mAP50_07": _defined(voc07["mAP"]),
-             "mAP50_area": _defined(area["mAP"]), "box_type": "rotated", "metric": METRIC}
+    stats = {**{k: _defined(v) for k, v in coco["stats"].items()},
+             "mAP50_07": _defined(voc07["mAP"]), "mAP50_area": _defined(area["mAP"]),
+             "dota_per_class": {names.get(c, str(c)): {"mAP50_07": _defined(v["ap"]),
+                                                       "mAP50_area": _defined(area["per_class"][c]["ap"])}
+                                for c, v in sorted(voc07["per_class"].items())},
+             "box_type": "rotated", "metric": METRIC}
     per_class = []
     for cat_id in sorted(names):
-        per_class.append({"class_name": names[cat_id],
-                          "ap": _defined(_class_value(coco, cat_id)),
-                          "ap50": _defined(_class_value(voc07, cat_id))})
+        found = coco["per_class"].get(cat_id) or {}
+        per_class.append({"class_name": names[cat_id], "ap": _defined(found.get("ap")),
+                          "ap50": _defined(found.get("ap50"))})
     return {"stats": stats, "per_class": per_class, "evaluator": EVALUATOR, "metric": METRIC,
             "log": ""}
-
-
-def _coco_stats(result: dict) -> dict:
-    from harness.evaluate.coco_eval import STAT_NAMES
-
-    stats = result.get("stats", result)
-    return {name: _defined(stats.get(name)) for name in STAT_NAMES if name in stats}
-
-
-def _class_value(result: dict, cat_id: int):
-    per = result.get("per_class") or {}
-    return per.get(cat_id) if isinstance(per, dict) else None
 
 
 def _defined(value) -> float | None:
