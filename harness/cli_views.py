@@ -27,6 +27,10 @@ def print_plan(m, cells: list[dict], availability: dict) -> None:
         table.add_row(str(i), c["model"], c["backend"], c["precision"], str(c["batch"]),
                       str(c["imgsz"]), c["device"], c["nms"], plan)
     con.print(table)
+    rotated = sorted({c["model"] for c in cells if c.get("box_type") == "rotated"})
+    if rotated:
+        con.print(f"rotated boxes (scored on rotated IoU, aligned by rotated IoU): {', '.join(rotated)}",
+                  markup=False, highlight=False)
     avail = ", ".join(f"{n} ({'available' if a['available'] else 'unavailable: ' + a['reason']})"
                       for n, a in availability.items())
     con.print(f"backends on this machine: {avail}")
