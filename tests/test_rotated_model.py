@@ -181,19 +181,31 @@ def test_missing_op_still_fails_loudly(mm):
 
 # --------------------------------------------------------------------------- build, predict, train
 
-ROTATED_CONFIGS = {
-    "tiny": "rtmdet/rotated/rtmdet-r_tiny_fast_1xb8-36e_dota.py",
-    "s": "rtmdet/rotated/rtmdet-r_s_fast_1xb8-36e_dota.py",
-    "m": "rtmdet/rotated/rtmdet-r_m_syncbn_fast_2xb4-36e_dota.py",
-    "l": "rtmdet/rotated/rtmdet-r_l_syncbn_fast_2xb4-36e_dota.py",
-}
-
-
 def load(name, imgsz=IMGSZ):
+    """A rotated family member of detbench's model table by size (tiny, s, m, l)."""
     from harness.models.mmyolo_build import load_config
-    from harness.models.table import packaged_config_root
+    from harness.models.table import packaged_config
 
-    return load_config(packaged_config_root() / ROTATED_CONFIGS[name], imgsz=imgsz)
+    return load_config(packaged_config(f"rtmdet_r_{name}"), imgsz=imgsz)
+
+
+def test_the_rotated_family_is_in_the_model_table_and_apart_from_the_horizontal_ones():
+    from harness.models.table import KNOWN_MODELS, MODELS, ROTATED_MODELS, packaged_config
+
+    assert set(ROTATED_MODELS) == {"rtmdet_r_tiny", "rtmdet_r_s", "rtmdet_r_m", "rtmdet_r_l"}
+    assert not set(ROTATED_MODELS) & set(MODELS) and KNOWN_MODELS == {**MODELS, **ROTATED_MODELS}
+    for name in ROTATED_MODELS:
+        assert packaged_config(name).is_file(), name
+
+
+def test_a_rotated_model_without_mmrotate_is_refused_at_plan_time(monkeypatch):
+    from harness.compat import mmrotate_compat
+    from harness.errors import UserError
+
+    monkeypatch.setattr(mmrotate_compat, "_find", lambda name: name != "mmrotate")
+    with pytest.raises(UserError, match=r"m.yaml: model 'r' is a rotated .* needs mmrotate, which "
+                                        r"is not installed: pip install --no-deps mmrotate==1.0.0rc1"):
+        mmrotate_compat.require("m.yaml: model 'r'")
 
 
 @pytest.fixture(scope="module")
@@ -525,8 +537,7 @@ def _matrix(tmp_path, *, checkpoint="random", nms="[none]", dataset=None):
     path = tmp_path / "rot.yaml"
     path.write_text(
         "name: rot-tiny\n"
-        f"models: [{{name: rtmdet_r_tiny, config: 'mmyolo::{ROTATED_CONFIGS['tiny']}', "
-        f"checkpoint: '{checkpoint}'}}]\n"
+        f"models: [{{name: rtmdet_r_tiny, checkpoint: '{checkpoint}'}}]\n"
         f"backends: [pytorch, onnxruntime]\nprecisions: [fp32]\nbatch_sizes: [1]\n"
         f"image_sizes: [{IMGSZ}]\ndevices: [cpu]\nnms: {nms}\ndataset: {data}\n"
         "eval: {score_thr: 0.05, pre_topk: 200, keep_topk: 50}\n"
