@@ -77,8 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--images", type=int, default=100)
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--size", type=int, default=320)
+    sp.add_argument("--size", type=int, default=None,
+                    help="image side in pixels (default 320; 256 with --rotated)")
     sp.add_argument("--max-objects", type=int, default=6)
+    sp.add_argument("--rotated", action="store_true",
+                    help="rotated shapes with rotated ground truth (rbox, DOTA labelTxt/; le90)")
     cmd("models", "the model names detbench knows", db=False)
     sp = cmd("dashboard", "the results dashboard (Streamlit, read-only) on http://127.0.0.1:PORT")
     sp.add_argument("--port", type=int, default=8501)
@@ -140,7 +143,8 @@ def _plan_entry(cell: dict) -> dict:
     from harness.matrix import AXES
 
     return {"key": cell["key"], **{k: cell[k] for k in AXES},
-            "calibration_variant": cell.get("calibration_variant"), "skip_reason": cell["skip_reason"]}
+            "calibration_variant": cell.get("calibration_variant"), "skip_reason": cell["skip_reason"],
+            "box_type": cell.get("box_type", "horizontal")}
 
 
 def _availability() -> dict:
@@ -321,21 +325,33 @@ def cmd_ack(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from harness.data.synth import generate
+    if args.rotated:
+        from harness.data.synth_rotated import generate
+    else:
+        from harness.data.synth import generate
 
     if args.images <= 0:
         raise UserError(f"--images must be positive, got {args.images}")
-    ann = generate(args.out, images=args.images, seed=args.seed, size=args.size,
+    size = args.size if args.size is not None else (256 if args.rotated else 320)
+    min_size = 32 if args.rotated else 16
+    if size < min_size:
+        raise UserError(f"--size must be at least {min_size}, got {size}")
+    if args.max_objects < 1:
+        raise UserError(f"--max-objects must be at least 1, got {args.max_objects}")
+    ann = generate(args.out, images=args.images, seed=args.seed, size=size,
                    max_objects=args.max_objects)
-    print(f"wrote {args.images} images and {ann}")
+    extra = f" (DOTA labels in {Path(ann).parent / 'labelTxt'}/)" if args.rotated else ""
+    print(f"wrote {args.images} images and {ann}{extra}")
     return EXIT_OK
 
 
 def cmd_models(args) -> int:
-    from harness.models.table import MODELS
+    from harness.models.table import MODELS, ROTATED_MODELS
 
     for name, cfg in MODELS.items():
         print(f"{name:16s} mmyolo::{cfg}")
+    for name, cfg in ROTATED_MODELS.items():  # needs mmrotate (scripts/install.sh) and a rotated dataset
+        print(f"{name:16s} mmyolo::{cfg}  (rotated)")
     return EXIT_OK
 
 

@@ -7,7 +7,10 @@ tensors inside mmyolo's ``predict_by_feat``), the same graph boundary as the
 exported ONNX/TensorRT graphs.  Postprocessing is mmyolo's score threshold,
 pre-top-k, NMS, keep-top-k and rescale (tested equal to ``predict_by_feat``):
 batched on the GPU for CUDA cells (``harness.export.device_nms``), image by
-image with mmdet/mmcv's helpers on CPU (``harness.export.host_nms``).
+image with mmdet/mmcv's helpers on CPU (``harness.export.host_nms``).  A rotated
+head (RTMDet-R) decodes to (cx, cy, w, h, angle) boxes and gets rotated NMS
+(``harness.export.host_nms_rotated``) on the tensors' device; its detections
+carry ``(K, 5)`` boxes in original-image pixels.
 
 On CUDA, ``infer`` overlaps batches when the stream offers a look-ahead
 (``Prepared.peek``, :class:`harness.models.stream.BatchStream`): it queues the
@@ -146,6 +149,9 @@ class PyTorchRunner(Runner):
         from harness.export.device_nms import batched_postprocess
 
         boxes, scores, done, metas = job
+        if boxes.shape[-1] == 5:  # a rotated head: its own NMS (harness.export.host_nms_rotated)
+            done.synchronize()
+            return self._rotated(boxes, scores, metas)
         side = getattr(self, "_side", None)
         if side is None or side.device != boxes.device:
             side = self._side = torch.cuda.Stream(device=boxes.device)
@@ -166,6 +172,8 @@ class PyTorchRunner(Runner):
 
         boxes, scores = raw
         with torch.inference_mode():
+            if boxes.shape[-1] == 5:  # a rotated head: rotated NMS on the tensors' device
+                return self._rotated(boxes, scores, metas)
             if boxes.is_cuda:
                 done = torch.cuda.Event()
                 done.record()
@@ -174,6 +182,15 @@ class PyTorchRunner(Runner):
 
             return [Detections(b.numpy(), s.numpy(), l.numpy())
                     for b, s, l in host_postprocess(boxes, scores, metas, self.test_cfg)]
+
+    def _rotated(self, boxes, scores, metas) -> list:
+        import torch
+
+        from harness.export.host_nms_rotated import rotated_postprocess
+
+        with torch.inference_mode():
+            return [Detections(b.cpu().numpy(), s.cpu().numpy(), l.cpu().numpy())
+                    for b, s, l in rotated_postprocess(boxes, scores, metas, self.test_cfg)]
 
     def decoded(self, prepared):
         boxes, scores = self.forward(prepared.inputs)

@@ -2,8 +2,9 @@
 
 The replays run :func:`harness.export.host_nms.host_postprocess` (score
 threshold, nms_pre top-k, class-aware batched NMS, max_per_img, rescale) and
-write results the way the worker does (:func:`to_coco_detections`), so a
-replay with a cell's own settings reproduces that cell's detections.json.
+write results the way the worker does (:func:`to_coco_detections`; rotated
+``(N, A, 5)`` tensors get rotated NMS there and :func:`to_rotated_coco_detections`
+here), so a replay with a cell's own settings reproduces that cell's detections.json.
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ def replay(boxes, scores, metas: list[dict], image_ids, settings: NmsSettings,
     from harness.evaluate.coco_eval import to_coco_detections
     from harness.export.host_nms import host_postprocess
 
+    rotated = boxes.shape[-1] == 5
+    if rotated:
+        from harness.evaluate.rotated_eval import to_rotated_coco_detections as to_coco_detections
     entries = []
     for start in range(0, len(image_ids), 8):  # bounded memory; results are per image anyway
         chunk = slice(start, start + 8)
@@ -27,7 +31,7 @@ def replay(boxes, scores, metas: list[dict], image_ids, settings: NmsSettings,
         for image_id, (b, s, l) in zip(image_ids[chunk], outs):
             entries.extend(to_coco_detections(int(image_id), b.numpy(), s.numpy(), l.numpy(),
                                               category_ids)[0])
-    return from_coco(entries, image_ids)
+    return from_coco(entries, image_ids, rotated=rotated)
 
 
 class Replayer:
