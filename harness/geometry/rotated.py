@@ -32,7 +32,7 @@ __all__ = ["normalize_le90", "rbox_to_corners", "corners_to_rbox", "rbox_to_hbox
            "rotated_iou", "nms_rotated", "batched_nms_rotated"]
 
 _HALF_PI = math.pi / 2
-_BLOCK = 256              # NMS block size (candidates compared against the kept ones per step)
+_BLOCK = 128              # NMS block size (candidates compared against the kept ones per step)
 _PAIRS = {"cpu": 1 << 13, "cuda": 1 << 18}  # exact-polygon pairs per vectorised chunk
 _DENSE = 1 << 22          # elements of one dense N x M prefilter chunk
 _EPS = 1e-12              # inclusion tolerance, in units of the pair's largest side
