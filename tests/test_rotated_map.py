@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch", reason="rotated IoU is torch code")
-shapely = pytest.importorskip("shapely", reason="shapely is the exact polygon oracle")
+import shapely  # noqa: E402  (the exact polygon oracle; a dev dependency, never skipped)
 from shapely import affinity  # noqa: E402
 from shapely.geometry import box as shapely_box  # noqa: E402
 
