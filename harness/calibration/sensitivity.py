@@ -252,18 +252,23 @@ class Evaluator:
 
     def _ap(self, outputs) -> float:
         from harness.evaluate.coco_eval import evaluate, to_coco_detections
+        from harness.evaluate.rotated_eval import evaluate_rotated, to_rotated_coco_detections
         from harness.export.host_nms import host_postprocess
 
         boxes, scores = outputs
+        rotated = boxes.shape[-1] == 5  # a rotated model (#19): rotated NMS and rotated-IoU AP
+        to_coco = to_rotated_coco_detections if rotated else to_coco_detections
         dets, ids, offset = [], [], 0
         for x, metas, chunk_ids in self.split.batches:
             n = len(chunk_ids)
             for image_id, (b, s, l) in zip(chunk_ids, host_postprocess(
                     boxes[offset:offset + n], scores[offset:offset + n], metas, self.test_cfg)):
-                dets.extend(to_coco_detections(image_id, b.numpy(), s.numpy(), l.numpy(),
-                                               self.split.category_ids)[0])
+                dets.extend(to_coco(image_id, b.numpy(), s.numpy(), l.numpy(),
+                                    self.split.category_ids)[0])
             ids.extend(chunk_ids)
             offset += n
+        if rotated:
+            return evaluate_rotated(self.split.ann_file, dets, ids)["stats"]["AP"]
         return evaluate(self.split.ann_file, dets, ids)["stats"]["AP"]
 
     def conv_sqnr(self, nodes_by_group: dict) -> dict[str, float]:
