@@ -1,13 +1,14 @@
 """Rotated boxes: conversions, exact IoU and NMS against shapely's exact polygon operations."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="harness.geometry.rotated is torch code")
-shapely = pytest.importorskip("shapely", reason="shapely is the exact polygon oracle")
+import shapely  # noqa: E402  (the exact polygon oracle; a dev dependency, never skipped)
 from shapely import affinity  # noqa: E402
 from shapely.geometry import box as shapely_box  # noqa: E402
 
@@ -29,13 +30,21 @@ def polygons(boxes) -> np.ndarray:
 
 def shapely_iou(b1, b2, aligned=False, mode="iou") -> np.ndarray:
     p1, p2 = polygons(b1), polygons(b2)
-    if not aligned:
-        p1, p2 = p1[:, None], p2[None, :]
-    inter = shapely.area(shapely.intersection(p1, p2))
     a1, a2 = shapely.area(p1), shapely.area(p2)
-    denom = a1 + a2 - inter if mode == "iou" else a1 + 0 * a2
+    if aligned:
+        i, j = np.arange(len(p1)), np.arange(len(p2))
+        out = np.zeros(len(p1))
+    else:  # only pairs whose polygons intersect (STRtree), the rest is 0
+        i, j = shapely.STRtree(p2).query(p1, predicate="intersects").astype(int)
+        out = np.zeros((len(p1), len(p2)))
+    inter = shapely.area(shapely.intersection(p1[i], p2[j]))
+    denom = a1[i] + a2[j] - inter if mode == "iou" else a1[i]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, inter / np.where(denom > 0, denom, 1), 0.0)
+        val = np.where(denom > 0, inter / np.where(denom > 0, denom, 1), 0.0)
+    if aligned:
+        return val
+    out[i, j] = val
+    return out
 
 
 def random_boxes(n, seed, spread=60.0, size=(2.0, 40.0), dtype=torch.float64):
@@ -118,14 +127,14 @@ def test_corners_to_rbox_is_min_area_rect_of_quadrilaterals():
 # --- IoU against shapely -----------------------------------------------------------------------
 
 def test_iou_random_pairs_match_shapely():
-    a, b = random_boxes(60, seed=6), random_boxes(50, seed=7)
+    a, b = random_boxes(40, seed=6, spread=80), random_boxes(30, seed=7, spread=80)
     got = R.rotated_iou(a, b)
     ref = shapely_iou(a, b)
-    assert got.shape == (60, 50) and got.dtype == torch.float64
-    assert (ref > 0).sum() > 300  # plenty of overlapping pairs
+    assert got.shape == (40, 30) and got.dtype == torch.float64
+    assert (ref > 0).sum() > 200  # plenty of overlapping pairs
     np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-12)
-    aligned = R.rotated_iou(a[:50], b, aligned=True)
-    np.testing.assert_allclose(aligned.numpy(), shapely_iou(a[:50], b, aligned=True), rtol=0, atol=1e-12)
+    aligned = R.rotated_iou(a[:30], b, aligned=True)
+    np.testing.assert_allclose(aligned.numpy(), shapely_iou(a[:30], b, aligned=True), rtol=0, atol=1e-12)
     iof = R.rotated_iou(a, b, mode="iof")
     np.testing.assert_allclose(iof.numpy(), shapely_iou(a, b, mode="iof"), rtol=0, atol=1e-12)
     f32 = R.rotated_iou(a.float(), b.float())
@@ -145,7 +154,7 @@ def test_iou_near_pairs_match_shapely():
     np.testing.assert_allclose(got, shapely_iou(a, b, aligned=True), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("w,h", [(0.0, 5.0), (5.0, 0.0), (0.0, 0.0)])
+@pytest.mark.parametrize("w,h", [(0.0, 5.0), (5.0, 0.0), (0.0, 0.0), (-4.0, -3.0)])
 def test_zero_area_boxes_give_zero_not_nan(w, h):
     z = torch.tensor([[10.0, 10.0, w, h, 0.3]], dtype=torch.float64)
     others = torch.cat([z, torch.tensor([[10.0, 10.0, 8.0, 6.0, -0.2], [10.0, 10.0, w, h, 0.3]],
@@ -155,6 +164,8 @@ def test_zero_area_boxes_give_zero_not_nan(w, h):
         assert not torch.isnan(got).any() and (got == 0).all()
         got = R.rotated_iou(others, z, mode=mode)
         assert not torch.isnan(got).any() and (got == 0).all()
+    if w < 0:
+        return  # invalid (negative) sides: the public functions treat them as empty, checked above
     # and straight through the polygon step (no prefilter): no NaN either
     inter, _, _ = R._intersection(z.repeat(3, 1), others)
     assert not torch.isnan(inter).any() and (inter.abs() < 1e-12).all()
@@ -221,6 +232,22 @@ def test_tiny_and_huge_scales(scale, shift):
         np.testing.assert_allclose(got.numpy(), shapely_iou(sa, sb), rtol=0, atol=1e-9)
 
 
+def test_needle_boxes_match_shapely():
+    # aspect ratios down to 1e-6, crossing each other and lying almost along each other
+    g = np.random.default_rng(14)
+    n = 200
+    a = np.concatenate([g.uniform(0, 5, (n, 2)), g.uniform(20, 40, (n, 1)),
+                        10.0 ** g.uniform(-6, -1, (n, 1)) * 30, g.uniform(-PI / 2, PI / 2, (n, 1))], 1)
+    b = a.copy()
+    b[:, :2] += g.normal(0, 1e-3, (n, 2))
+    b[:, 3] *= g.uniform(0.5, 2, n)
+    b[:, 4] += g.choice([0.0, 1e-7, 1e-3, 0.5], n)
+    got = R.rotated_iou(torch.tensor(a), torch.tensor(b), aligned=True).numpy()
+    ref = shapely_iou(a, b, aligned=True)
+    assert (ref > 0.01).sum() > 50
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-9)
+
+
 def test_tiny_box_inside_huge_box():
     big = torch.tensor([[0.0, 0.0, 1e6, 5e5, 0.3]], dtype=torch.float64)
     tiny = torch.tensor([[10.0, -20.0, 1e-3, 2e-3, -1.1]], dtype=torch.float64)
@@ -241,25 +268,23 @@ def test_empty_and_bad_shapes():
 
 # --- NMS ---------------------------------------------------------------------------------------
 
-def greedy_oracle(boxes, scores, thr, labels=None):
-    """Textbook greedy NMS on shapely IoU (stable descending order, suppress when IoU > thr)."""
-    iou = shapely_iou(boxes, boxes)
-    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))  # sorted() is stable
-    keep, removed = [], set()
-    for pos, i in enumerate(order):
-        if i in removed:
+def greedy_oracle(iou, scores, thr, labels=None):
+    """Textbook greedy NMS on a (shapely) IoU matrix: stable descending order, suppress when IoU > thr."""
+    labels = np.zeros(len(scores), dtype=int) if labels is None else np.asarray(labels)
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    keep, removed = [], np.zeros(len(scores), dtype=bool)
+    for i in order:
+        if removed[i]:
             continue
-        keep.append(i)
-        for j in order[pos + 1:]:
-            if (labels is None or labels[i] == labels[j]) and iou[i, j] > thr:
-                removed.add(j)
+        keep.append(int(i))
+        removed |= (labels == labels[i]) & (iou[i] > thr)  # earlier ones were visited already
     return keep
 
 
-def clustered(n, seed, clusters=12):
+def clustered(n, seed, clusters=12, spread=200):
     """Boxes jittered around a few objects (as detector candidates are), with tied scores."""
     g = np.random.default_rng(seed)
-    obj = random_boxes(clusters, seed=seed + 100, spread=200, size=(8, 50)).numpy()
+    obj = random_boxes(clusters, seed=seed + 100, spread=spread, size=(8, 50)).numpy()
     pick = g.integers(0, clusters, n)
     b = obj[pick].copy()
     b[:, :2] += g.normal(0, 3, (n, 2))
@@ -269,25 +294,42 @@ def clustered(n, seed, clusters=12):
     return torch.tensor(b), torch.tensor(scores), torch.tensor(g.integers(0, 3, n))
 
 
-@pytest.mark.parametrize("thr", [0.1, 0.5, 0.7])
-def test_nms_matches_shapely_greedy(thr, monkeypatch):
+@functools.lru_cache(maxsize=None)
+def nms_scene(n, seed, clusters=12, spread=200):
+    boxes, scores, labels = clustered(n, seed, clusters, spread)
+    return boxes, scores, labels, shapely_iou(boxes, boxes)
+
+
+@pytest.fixture(params=["blocks", "all_pairs"])
+def strategy(request, monkeypatch):
+    """Both NMS schedules (CPU: blocks, CUDA: all pairs) run here on CPU."""
+    monkeypatch.setattr(R, "_strategy", lambda device: request.param)
+    return request.param
+
+
+def test_nms_matches_shapely_greedy(monkeypatch, strategy):
     monkeypatch.setattr(R, "_BLOCK", 16)  # many blocks: exercises the cross-block step
-    boxes, scores, labels = clustered(150, seed=20)
-    assert R.nms_rotated(boxes, scores, thr).tolist() == greedy_oracle(boxes, scores, thr)
-    assert R.batched_nms_rotated(boxes, scores, labels, thr).tolist() == \
-        greedy_oracle(boxes, scores, thr, labels.tolist())
+    monkeypatch.setattr(R, "_DENSE", 1000)  # all pairs in several row chunks
+    boxes, scores, labels, iou = nms_scene(120, seed=20)
+    for thr in (0.1, 0.5, 0.7):
+        exp = greedy_oracle(iou, scores, thr)
+        assert R.nms_rotated(boxes, scores, thr).tolist() == exp
+        assert 5 < len(exp) < 100
+        assert R.batched_nms_rotated(boxes, scores, labels, thr).tolist() == \
+            greedy_oracle(iou, scores, thr, labels)
 
 
-def test_nms_default_block_and_float32():
-    boxes, scores, labels = clustered(300, seed=21, clusters=25)
-    exp = greedy_oracle(boxes, scores, 0.3)
+def test_nms_default_block_and_float32(strategy):
+    boxes, scores, labels, iou = nms_scene(200, seed=21, clusters=40, spread=400)
+    assert len(boxes) > R._BLOCK
+    exp = greedy_oracle(iou, scores, 0.3)
     assert R.nms_rotated(boxes, scores, 0.3).tolist() == exp
     assert R.nms_rotated(boxes.float(), scores.float(), 0.3).tolist() == exp
-    per_class = greedy_oracle(boxes, scores, 0.3, labels.tolist())
-    assert R.batched_nms_rotated(boxes, scores, labels, 0.3).tolist() == per_class
+    assert R.batched_nms_rotated(boxes, scores, labels, 0.3).tolist() == \
+        greedy_oracle(iou, scores, 0.3, labels)
 
 
-def test_nms_ties_identical_and_degenerate():
+def test_nms_ties_identical_and_degenerate(strategy):
     b = torch.tensor([[5.0, 5, 4, 2, 0.3]] * 3 + [[50.0, 50, 0, 3, 0.1]] * 2, dtype=torch.float64)
     s = torch.tensor([0.5, 0.5, 0.5, 0.9, 0.9])
     # identical boxes: the first of the tied scores stays; zero-area boxes never suppress (IoU 0)
@@ -297,3 +339,32 @@ def test_nms_ties_identical_and_degenerate():
     assert R.batched_nms_rotated(b, s, torch.tensor([0, 1, 0, 1, 1]), -0.1).tolist() == [3, 0]
     # threshold 1: nothing exceeds it
     assert R.nms_rotated(b, s, 1.0).tolist() == [3, 4, 0, 1, 2]
+
+
+# --- CUDA ----------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+def test_cuda_equals_cpu():
+    a, b = random_boxes(400, seed=30, spread=300), random_boxes(300, seed=31, spread=300)
+    ga, gb = a.cuda(), b.cuda()
+    for mode in ("iou", "iof"):
+        cpu, gpu = R.rotated_iou(a, b, mode=mode), R.rotated_iou(ga, gb, mode=mode)
+        assert gpu.is_cuda and (cpu > 0).sum() > 1000
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-12)
+    torch.testing.assert_close(R.rotated_iou(ga[:300], gb, aligned=True).cpu(),
+                               R.rotated_iou(a[:300], b, aligned=True), rtol=0, atol=1e-12)
+    torch.testing.assert_close(R.rotated_iou(ga.float(), gb.float()).cpu(),
+                               R.rotated_iou(a.float(), b.float()), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(R.rotated_iou(ga[:60], gb[:60]).cpu().numpy(), shapely_iou(a[:60], b[:60]),
+                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(R.corners_to_rbox(R.rbox_to_corners(ga)).cpu(),
+                               R.corners_to_rbox(R.rbox_to_corners(a)), rtol=0, atol=1e-9)
+    boxes, scores, labels = clustered(3000, seed=32, clusters=80, spread=1500)
+    for thr in (0.1, 0.5):
+        cpu = R.nms_rotated(boxes, scores, thr)
+        gpu = R.nms_rotated(boxes.cuda(), scores.cuda(), thr)
+        assert gpu.is_cuda and gpu.cpu().tolist() == cpu.tolist() and len(cpu) > 80
+        cpu = R.batched_nms_rotated(boxes, scores, labels, thr)
+        gpu = R.batched_nms_rotated(boxes.cuda(), scores.cuda(), labels.cuda(), thr)
+        assert gpu.cpu().tolist() == cpu.tolist()

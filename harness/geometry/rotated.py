@@ -1,6 +1,6 @@
 """Rotated boxes in mmrotate's ``le90`` convention: conversions, exact IoU, NMS.
 
-Leaf module: it imports torch and nothing from harness.
+Leaf module: it imports torch and numpy and nothing from harness.
 
 Convention (mmrotate 1.0.0rc1 ``rbox2qbox``/``RotatedBoxes``, mmcv
 ``box_iou_rotated(clockwise=True)``): a box is ``(cx, cy, w, h, angle)`` with the
@@ -10,7 +10,8 @@ box clockwise on screen.  The corners are, in this order,
 ``c + v1 + v2, c + v1 - v2, c - v1 - v2, c - v1 + v2`` with
 ``v1 = w/2 (cos a, sin a)`` and ``v2 = h/2 (-sin a, cos a)``.  ``le90``
 normalisation makes ``w > h`` (a square gets its sides swapped, as mmrotate's
-``regularize_boxes`` does) and puts the angle in ``[-pi/2, pi/2)``.
+``regularize_boxes`` does) and puts the angle in ``[-pi/2, pi/2)``.  mmcv's
+``clockwise=False`` boxes are these with the angle negated.
 
 IoU is exact: the intersection of two rectangles is the convex polygon spanned
 by the corners of each box inside the other and the crossings of their edges;
@@ -26,13 +27,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 __all__ = ["normalize_le90", "rbox_to_corners", "corners_to_rbox", "rbox_to_hbox",
            "rotated_iou", "nms_rotated", "batched_nms_rotated"]
 
 _HALF_PI = math.pi / 2
-_BLOCK = 256              # NMS block size (candidates compared against the kept ones per step)
+_BLOCK = 128              # NMS block size (candidates compared against the kept ones per step)
 _PAIRS = {"cpu": 1 << 13, "cuda": 1 << 18}  # exact-polygon pairs per vectorised chunk
 _DENSE = 1 << 22          # elements of one dense N x M prefilter chunk
 _EPS = 1e-12              # inclusion tolerance, in units of the pair's largest side
@@ -221,7 +223,8 @@ def rotated_iou(boxes1, boxes2, aligned: bool = False, mode: str = "iou") -> tor
 
     ``mode="iof"`` gives intersection over the area of ``boxes1`` instead (as
     mmcv's ``box_iou_rotated``).  Computed in float64 on the inputs' device and
-    returned in their (promoted) floating dtype.  Zero-area boxes give 0.
+    returned in their (promoted) floating dtype.  Zero-area boxes (and boxes
+    with a negative side, which are invalid) give 0.
     """
     if mode not in ("iou", "iof"):
         raise ValueError(f"rotated_iou: mode must be 'iou' or 'iof', got {mode!r}")
@@ -231,7 +234,7 @@ def rotated_iou(boxes1, boxes2, aligned: bool = False, mode: str = "iou") -> tor
     out_dtype = torch.promote_types(a.dtype, b.dtype)
     a, b = a.to(torch.float64), b.to(torch.float64)
     ha, hb = rbox_to_hbox(a), rbox_to_hbox(b)
-    pos_a, pos_b = a[:, 2] * a[:, 3] > 0, b[:, 2] * b[:, 3] > 0
+    pos_a, pos_b = (a[:, 2] > 0) & (a[:, 3] > 0), (b[:, 2] > 0) & (b[:, 3] > 0)  # a negative side: empty
     if aligned:
         if len(a) != len(b):
             raise ValueError(f"rotated_iou(aligned=True): {len(a)} and {len(b)} boxes differ in number")
@@ -252,18 +255,21 @@ def rotated_iou(boxes1, boxes2, aligned: bool = False, mode: str = "iou") -> tor
     return out.to(out_dtype)
 
 
-def _exceeds(b, hb, area, labels, qi, kj, thr: float) -> torch.Tensor:
-    """``[Q, K]`` bool: IoU(b[qi], b[kj]) > thr (and same label when labels are given)."""
-    same = torch.ones(len(qi), len(kj), dtype=torch.bool, device=b.device)
-    if labels is not None:
-        same = labels[qi][:, None] == labels[kj][None, :]
-    if thr < 0:  # every IoU (>= 0) exceeds a negative threshold
-        return same
+def _candidates(b, hb, area, labels, qi, kj, thr: float) -> torch.Tensor:
+    """``[Q, K]`` bool: pairs (b[qi], b[kj]) whose IoU may exceed ``thr >= 0`` (cheap tests only)."""
     aq, ak = area[qi][:, None], area[kj][None, :]
     # IoU <= min(area) / max(area): pairs too different in size cannot exceed thr (kept loose
     # by 1e-9 so that rounding never drops a pair that the exact test would suppress).
-    cand = (same & _overlap(hb[qi][:, None], hb[kj][None]) & (aq > 0) & (ak > 0)
+    cand = (_overlap(hb[qi][:, None], hb[kj][None]) & (aq > 0) & (ak > 0)
             & (torch.minimum(aq, ak) >= thr * (1 - 1e-9) * torch.maximum(aq, ak)))
+    if labels is not None:
+        cand &= labels[qi][:, None] == labels[kj][None, :]
+    return cand
+
+
+def _exceeds(b, hb, area, labels, qi, kj, thr: float) -> torch.Tensor:
+    """``[Q, K]`` bool: IoU(b[qi], b[kj]) > thr >= 0 (and the same label when labels are given)."""
+    cand = _candidates(b, hb, area, labels, qi, kj, thr)
     out = torch.zeros_like(cand)
     ii, jj = cand.nonzero(as_tuple=True)
     if len(ii):
@@ -271,33 +277,12 @@ def _exceeds(b, hb, area, labels, qi, kj, thr: float) -> torch.Tensor:
     return out
 
 
-def nms_rotated(boxes, scores, iou_threshold: float, labels=None) -> torch.Tensor:
-    """Greedy rotated NMS; returns the kept indices (LongTensor) in visiting order.
+def _greedy_blocks(b, hb, area, labels, thr: float) -> torch.Tensor:
+    """Kept mask over score-sorted boxes: blocks of ``_BLOCK`` against the boxes kept before them.
 
-    Same semantics as harness.compat.mmcv_ext.nms: candidates are visited in
-    descending score order with a stable sort (equal scores keep their input
-    order) and a box is suppressed when its exact rotated IoU with a kept box is
-    strictly greater than ``iou_threshold``.  With ``labels``, only boxes of the
-    same label suppress each other (see ``batched_nms_rotated``).  Block-wise: a
-    block of ``_BLOCK`` candidates is checked against all boxes kept before it
-    in one batched step, then resolved greedily inside the block.
+    Computes IoU only against kept boxes (and inside a block): the cheaper way where
+    each polygon step costs (CPU).
     """
-    b = _check_boxes(boxes, "boxes")
-    scores = torch.as_tensor(scores, device=b.device)
-    if scores.shape != (len(b),):
-        raise ValueError(f"nms_rotated: scores of shape {tuple(scores.shape)} for {len(b)} boxes")
-    if labels is not None:
-        labels = torch.as_tensor(labels, device=b.device)
-        if labels.shape != (len(b),):
-            raise ValueError(f"nms_rotated: labels of shape {tuple(labels.shape)} for {len(b)} boxes")
-    if len(b) == 0:
-        return torch.zeros(0, dtype=torch.long, device=b.device)
-    order = torch.sort(scores, descending=True, stable=True).indices
-    b = b[order].to(torch.float64)
-    labels = None if labels is None else labels[order]
-    hb = rbox_to_hbox(b)
-    area = b[:, 2] * b[:, 3]
-    thr = float(iou_threshold)
     keep = torch.ones(len(b), dtype=torch.bool, device=b.device)
     for start in range(0, len(b), _BLOCK):
         stop = min(start + _BLOCK, len(b))
@@ -315,7 +300,83 @@ def nms_rotated(boxes, scores, iou_threshold: float, labels=None) -> torch.Tenso
                 for j in inner[i].nonzero()[0]:
                     local[j] = False
         keep[alive] = torch.tensor(local, device=b.device)
-    return order[keep]
+    return keep
+
+
+def _greedy_all_pairs(b, hb, area, labels, thr: float) -> torch.Tensor:
+    """Kept mask over score-sorted boxes: every pair's IoU at once, then the greedy pass on the host.
+
+    The suppressing pairs (i < j, IoU > thr) come back as a sparse list; few
+    large batched steps and no per-block synchronisation suit a GPU, where the
+    polygon step is cheap and each round trip is not.
+    """
+    n = len(b)
+    rows = max(1, _DENSE // n)
+    src, dst = [], []
+    for lo in range(0, n, rows):
+        qi = torch.arange(lo, min(lo + rows, n), device=b.device)
+        kj = torch.arange(lo, n, device=b.device)  # j >= lo: the upper triangle and a little more
+        cand = _candidates(b, hb, area, labels, qi, kj, thr) & (kj[None, :] > qi[:, None])
+        ii, jj = cand.nonzero(as_tuple=True)
+        if len(ii):
+            hit = _ratio(b[qi[ii]], b[kj[jj]], "iou") > thr
+            src.append(qi[ii][hit])
+            dst.append(kj[jj][hit])
+    keep = np.ones(n, dtype=bool)
+    if src:
+        i = torch.cat(src).cpu().numpy()
+        j = torch.cat(dst).cpu().numpy()
+        by_i = np.argsort(i, kind="stable")
+        i, j = i[by_i], j[by_i]
+        bounds = np.searchsorted(i, np.arange(n + 1))
+        for p in np.unique(i):  # in visiting order; a suppressed box suppresses nothing
+            if keep[p]:
+                keep[j[bounds[p]:bounds[p + 1]]] = False
+    return torch.from_numpy(keep).to(b.device)
+
+
+def _strategy(device: torch.device) -> str:
+    return "all_pairs" if device.type == "cuda" else "blocks"
+
+
+def nms_rotated(boxes, scores, iou_threshold: float, labels=None) -> torch.Tensor:
+    """Greedy rotated NMS; returns the kept indices (LongTensor) in visiting order.
+
+    Same semantics as harness.compat.mmcv_ext.nms: candidates are visited in
+    descending score order with a stable sort (equal scores keep their input
+    order) and a box is suppressed when its exact rotated IoU with a kept box is
+    strictly greater than ``iou_threshold``.  With ``labels``, only boxes of the
+    same label suppress each other (see ``batched_nms_rotated``).
+
+    Two schedules give the same result: on CPU block-wise (a block of
+    ``_BLOCK`` candidates against the boxes kept before it, then greedily inside
+    the block), on CUDA every candidate pair at once with the greedy pass on the
+    host (benchmarks/rotated_geometry_speed.py measures both).
+    """
+    b = _check_boxes(boxes, "boxes")
+    scores = torch.as_tensor(scores, device=b.device)
+    if scores.shape != (len(b),):
+        raise ValueError(f"nms_rotated: scores of shape {tuple(scores.shape)} for {len(b)} boxes")
+    if labels is not None:
+        labels = torch.as_tensor(labels, device=b.device)
+        if labels.shape != (len(b),):
+            raise ValueError(f"nms_rotated: labels of shape {tuple(labels.shape)} for {len(b)} boxes")
+    if len(b) == 0:
+        return torch.zeros(0, dtype=torch.long, device=b.device)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    thr = float(iou_threshold)
+    if thr < 0:  # every IoU (>= 0) exceeds it: the first box of each label stays
+        if labels is None:
+            return order[:1]
+        lab = labels[order].cpu().numpy()
+        first = np.sort(np.unique(lab, return_index=True)[1])
+        return order[torch.from_numpy(first).to(b.device)]
+    b = b[order].to(torch.float64)
+    labels = None if labels is None else labels[order]
+    hb = rbox_to_hbox(b)
+    area = b[:, 2].clamp_min(0) * b[:, 3].clamp_min(0)  # a negative side: empty, never suppresses
+    greedy = _greedy_all_pairs if _strategy(b.device) == "all_pairs" else _greedy_blocks
+    return order[greedy(b, hb, area, labels, thr)]
 
 
 def batched_nms_rotated(boxes, scores, labels, iou_threshold: float) -> torch.Tensor:
