@@ -26,6 +26,18 @@ METRICS = {
     "speedup": "speed-up vs PyTorch fp32 (×)",
     "dAP": "ΔAP vs PyTorch fp32",
 }
+#: the AP labels of a rotated run (#19): its AP is rotated-IoU AP, not COCO bbox AP
+ROTATED_METRICS = {"AP": "rotated AP (0.50:0.95, rotated IoU)", "AP50": "rotated AP50 (rotated IoU)",
+                   "AP75": "rotated AP75 (rotated IoU)", "dAP": "Δ rotated AP vs PyTorch fp32"}
+
+
+def metric_label(metric: str, frame: pd.DataFrame | None = None) -> str:
+    """:data:`METRICS`' label, or :data:`ROTATED_METRICS`' where ``frame`` holds rotated cells."""
+    if frame is not None and "boxes" in frame and (frame["boxes"] == "rotated").any():
+        return ROTATED_METRICS.get(metric) or METRICS.get(metric, metric)
+    return METRICS.get(metric, metric)
+
+
 LOWER_IS_BETTER = {"median_ms", "p99_ms", "ms_per_image", "e2e_median_ms"}
 #: short, URL-friendly names of those columns, as the pages' pickers show them
 PICK = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "median ms": "median_ms", "p99 ms": "p99_ms",
@@ -67,18 +79,21 @@ def cells_frame(cells, run_cells=None) -> pd.DataFrame:
     (default ``cells``: pass the whole run so a filter cannot remove the baseline),
     ``speedup``, ``dAP``, ``dAP_pct`` and ``reference`` (:func:`harness.report.deltas`).
 
+    ``boxes``: ``horizontal`` or ``rotated`` (#19; a rotated cell's AP is rotated-IoU AP).
     ``row`` (model · backend · precision, plus device/nms when those vary) and ``col``
     (``b{batch} · {imgsz}px``) label the overview heatmap; ``config`` is backend · precision.
     """
     from harness.report import deltas, reference_of
 
     pool = list(cells if run_cells is None else run_cells)
+    from harness.models.box_types import of_cell
+
     records = [{"id": c.id, "key": c.key, **{k: getattr(c, k) for k in IDENTITY},
                 "status": c.status, "stage": c.stage, "error": c.error, **cell_values(c),
-                **deltas(c, reference_of(c, pool))}
+                **deltas(c, reference_of(c, pool)), "boxes": of_cell(c)}
                for c in cells]
     columns = ["id", "key", *IDENTITY, "status", "stage", "error",
-               *cell_values({"batch": 1}).keys(), *DELTA_COLUMNS]
+               *cell_values({"batch": 1}).keys(), *DELTA_COLUMNS, "boxes"]
     frame = pd.DataFrame.from_records(records, columns=columns)
     vary = [k for k in ("device", "nms") if frame[k].nunique() > 1]
     frame["row"] = [row_label(r.model, r.backend, r.precision, [str(getattr(r, k)) for k in vary])

@@ -8,7 +8,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboard.analysis import LOWER_IS_BETTER, METRICS
+from dashboard.analysis import LOWER_IS_BETTER, METRICS, metric_label
 
 STATUS_CODES = {"ok": 0, "skipped": 1, "pending": 2, "running": 3, "failed": 4}
 #: one fixed colour per backend · precision, the same in every chart and table, whatever the
@@ -129,7 +129,7 @@ def matrix_heatmap(frame: pd.DataFrame, value: str) -> go.Figure:
         reverse = value in LOWER_IS_BETTER
         trace = go.Heatmap(**common, colorscale="Viridis_r" if reverse else "Viridis",
                            colorbar=dict(title=value))
-        title = HEAT_TITLES.get(value) or (METRICS.get(value, value)
+        title = HEAT_TITLES.get(value) or (metric_label(value, frame)
                                            + (" — lower is better" if reverse else ""))
     fig = go.Figure(trace)
     fig.update_layout(title=dict(text=title, font=dict(size=14), y=0.99, yanchor="top"),
@@ -204,9 +204,9 @@ def pareto_scatter(frame: pd.DataFrame, front: pd.DataFrame, x: str, y: str, *,
                                  hovertext=front["key"], hoverinfo="text"))
     fig.update_layout(title="latency vs accuracy (frontier: nothing faster is as accurate)",
                       height=480, margin=_MARGIN, legend=dict(title=None, font=dict(size=11)),
-                      xaxis=dict(title=METRICS.get(x, x) + (" — log scale" if log_x else ""),
+                      xaxis=dict(title=metric_label(x, data) + (" — log scale" if log_x else ""),
                                  type="log" if log_x else "linear"),
-                      yaxis=dict(title=METRICS.get(y, y), tickformat=".3f"))
+                      yaxis=dict(title=metric_label(y, data), tickformat=".3f"))
     return fig
 
 

@@ -253,6 +253,11 @@ def header(title: str, ctx: Context) -> None:
         st.warning(f"This run is marked **running** but no cell started or finished for "
                    f"{_ago(stale)}: its process probably died. `detbench run --resume {ctx.run.id}` "
                    "finishes the missing cells.")
+    rotated = [c for c in ctx.selected if report.is_rotated(c)]
+    if rotated:  # #19: the same AP fields, another metric
+        st.info(f"**Rotated boxes** in {len(rotated)} cell(s): their **AP / AP50 are rotated-IoU "
+                "AP** (COCO-style 0.50:0.95 / 0.50 on rotated IoU, 101-point), not COCO bbox AP; "
+                "the cells table adds DOTA's mAP50 (VOC-07 11-point and area).")
     rnd = report.random_weights(ctx.selected)
     if rnd:
         st.warning(f"**Random weights** in {len(rnd)} cell(s) "

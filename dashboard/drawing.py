@@ -7,6 +7,7 @@ that differ (unmatched by the alignment analysis' own class-aware greedy matchin
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -49,6 +50,11 @@ def draw(image_id: int, reference, candidate, min_score: float = 0.0, *,
         ref, cand = differing(ref, cand, match_iou)
     for dets, colour, width in ((ref, REFERENCE_BGR, 3), (cand, CANDIDATE_BGR, 1)):
         for d in dets:
+            if "rbox" in d:  # a rotated cell (#19): its rotated box, not the enclosing one
+                corners = cv2.boxPoints(((d["rbox"][0], d["rbox"][1]), (d["rbox"][2], d["rbox"][3]),
+                                         math.degrees(d["rbox"][4])))
+                cv2.polylines(img, [corners.round().astype("int32")], True, colour, width)
+                continue
             x, y, w, h = (int(round(v)) for v in d["bbox"])
             cv2.rectangle(img, (x, y), (x + w, y + h), colour, width)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -61,7 +67,8 @@ def differing(ref: list[dict], cand: list[dict], match_iou: float) -> tuple[list
     from harness.evaluate.alignment.matching import greedy_match
 
     entries = [{**d, "image_id": 0} for d in ref], [{**d, "image_id": 0} for d in cand]
-    a, b = (from_coco(e, [0])[0] for e in entries)
+    rotated = any("rbox" in d for d in (*ref, *cand))  # rotated cells match by rotated IoU (#19)
+    a, b = (from_coco(e, [0], rotated=rotated)[0] for e in entries)
     match = greedy_match(a, b, match_iou)
     # from_coco keeps the entries' order, so row i of a/b is entry i
     return [ref[int(i)] for i in match.unmatched_a], [cand[int(i)] for i in match.unmatched_b]

@@ -27,7 +27,7 @@ def headline(ctx, key: str = "headline", *, downloads: bool = True) -> None:
                f"of the same model, size, device and batch; ms / image = median model latency ÷ "
                f"batch. ★ = fastest cell losing at most **{budget:g} AP points**. NMS variants are "
                "ranked apart: with `nms: none` the model time excludes the host NMS.")
-    tables.show_headline(rows, key)
+    tables.show_headline(rows, key, rotated=any(report.is_rotated(c) for c in ctx.selected))
     if downloads:
         tables.download_buttons("headline", columns, rows, title=f"detbench {ctx.run.id}: headline",
                                 stem=ctx.run.id, header=report.run_header(ctx.run, ctx.cells))

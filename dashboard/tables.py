@@ -22,7 +22,7 @@ FRONTIER_COLUMNS = ["key", "model", "backend", "precision", "batch", "imgsz", "A
 
 
 def cells_table(ctx: Context) -> Table:
-    return list(report.COLUMNS), [report.cell_row(c) for c in ctx.selected]
+    return report.columns(ctx.selected), [report.cell_row(c) for c in ctx.selected]
 
 
 def classic_table(ctx: Context) -> Table:
@@ -135,6 +135,13 @@ HEADLINE_SHOWN = {"swatch": "", "config": "backend · precision", "model": "mode
                   "speedup": "speed-up", "AP": "AP", "dAP": "ΔAP", "dAP_pct": "ΔAP %", "flags": "note"}
 
 
+def _shown_labels(rotated: bool) -> dict:
+    """:data:`HEADLINE_SHOWN`, its AP columns labelled as rotated AP in a rotated run (#19)."""
+    if not rotated:
+        return HEADLINE_SHOWN
+    return {**HEADLINE_SHOWN, "AP": "rotated AP", "dAP": "Δ rotated AP", "dAP_pct": "Δ rotated AP %"}
+
+
 def headline_frame(rows: list[dict]) -> pd.DataFrame:
     """Display strings of :func:`harness.report.headline_table` rows (one batch): numbers
     formatted, ★ on the fastest cell within the AP budget, ⚠ on unstable latency; model /
@@ -164,7 +171,7 @@ def headline_frame(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
-def headline_html(rows: list[dict]) -> str:
+def headline_html(rows: list[dict], rotated: bool = False) -> str:
     """One batch's headline as a plain HTML table (``table.detbench-headline``, batch in
     ``data-batch``): a colour swatch per backend · precision, the starred row green.  Plain
     HTML, one element: a styled ``st.table`` renders every cell as Markdown, which costs the
@@ -172,7 +179,8 @@ def headline_html(rows: list[dict]) -> str:
     frame = headline_frame(rows)
     best = list(frame.pop("_best"))
     esc = html.escape
-    head = "".join(f"<th>{esc(HEADLINE_SHOWN[c])}</th>" for c in frame.columns)
+    labels = _shown_labels(rotated)
+    head = "".join(f"<th>{esc(labels[c])}</th>" for c in frame.columns)
     body = []
     for i, record in enumerate(frame.to_dict("records")):
         tds = []
@@ -188,11 +196,12 @@ def headline_html(rows: list[dict]) -> str:
             f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
 
 
-def show_headline(rows: list[dict], key: str) -> None:
-    """Every batch size's table (:func:`headline_html`) under its label, as one element."""
+def show_headline(rows: list[dict], key: str, rotated: bool = False) -> None:
+    """Every batch size's table (:func:`headline_html`) under its label, as one element;
+    ``rotated``: the AP columns say rotated AP (#19)."""
     parts = []
     for batch in sorted({r["batch"] for r in rows}):
         part = [r for r in rows if r["batch"] == batch]
         parts.append(f'<p class="detbench-batch"><b>batch {batch}</b> · {len(part)} cells</p>'
-                     + headline_html(part))
+                     + headline_html(part, rotated))
     st.html("".join(parts))

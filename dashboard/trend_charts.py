@@ -5,19 +5,19 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.analysis import METRICS
+from dashboard.analysis import METRICS, ROTATED_METRICS
 
 _MARGIN = dict(l=10, r=10, t=40, b=10)
 _COLORS = ["#0969da", "#bf3989", "#1a7f37", "#bc4c00", "#8250df", "#57606a", "#0550ae", "#953800"]
 
 
 def overlay_chart(frames: dict[str, pd.DataFrame], metric: str, marks: dict[str, list[int]],
-                  acks: list[dict]) -> go.Figure:
+                  acks: list[dict], rotated: bool = False) -> go.Figure:
     """``frames``: label -> a series frame (``run``, ``run_created_at``, ``metric``);
     ``marks``: label -> row positions of change points; ``acks``: rows with ``run`` and
     ``reason``.  Runs are evenly spaced categories in time order (a night's runs are
-    seconds apart)."""
-    label = METRICS.get(metric, metric)
+    seconds apart).  ``rotated``: the cells' AP is rotated-IoU AP (#19), labelled so."""
+    label = (ROTATED_METRICS.get(metric) if rotated else None) or METRICS.get(metric, metric)
     fig = go.Figure()
     order = (pd.concat([f[["run", "run_created_at"]] for f in frames.values() if not f.empty])
              .drop_duplicates("run").sort_values("run_created_at")["run"].tolist()

@@ -142,7 +142,8 @@ def _print_ultralytics(m) -> None:
 def _plan_entry(cell: dict) -> dict:
     from harness.matrix import AXES
 
-    return {"key": cell["key"], **{k: cell[k] for k in AXES}, "skip_reason": cell["skip_reason"]}
+    return {"key": cell["key"], **{k: cell[k] for k in AXES}, "skip_reason": cell["skip_reason"],
+            "box_type": cell.get("box_type", "horizontal")}
 
 
 def _availability() -> dict:

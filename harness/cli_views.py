@@ -27,6 +27,10 @@ def print_plan(m, cells: list[dict], availability: dict) -> None:
         table.add_row(str(i), c["model"], c["backend"], c["precision"], str(c["batch"]),
                       str(c["imgsz"]), c["device"], c["nms"], plan)
     con.print(table)
+    rotated = sorted({c["model"] for c in cells if c.get("box_type") == "rotated"})
+    if rotated:
+        con.print(f"rotated boxes (scored on rotated IoU, aligned by rotated IoU): {', '.join(rotated)}",
+                  markup=False, highlight=False)
     avail = ", ".join(f"{n} ({'available' if a['available'] else 'unavailable: ' + a['reason']})"
                       for n, a in availability.items())
     con.print(f"backends on this machine: {avail}")
@@ -35,14 +39,17 @@ def print_plan(m, cells: list[dict], availability: dict) -> None:
 def print_summary(run, cells) -> None:
     con = _console()
     rows = [report.cell_row(c) for c in cells]
+    columns = report.columns(cells)
     table = Table(title=f"run {run.id} ({run.name}) — {run.status}")
-    for col in report.COLUMNS:
+    for col in columns:
         table.add_column(col, overflow="fold", max_width=60 if col == "note" else None)
     for r in rows:
         style = _STATUS_STYLE.get(r["status"], "")
-        table.add_row(*[f"[{style}]{report.fmt(r[c], c)}[/]" if c == "status" else
-                        report.fmt(r[c], c) for c in report.COLUMNS])
+        table.add_row(*[f"[{style}]{report.fmt(r.get(c), c)}[/]" if c == "status" else
+                        report.fmt(r.get(c), c) for c in columns])
     con.print(table)
+    if any(report.is_rotated(c) for c in cells):
+        con.print(report.ROTATED_METRICS, markup=False, highlight=False)
     counts = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1

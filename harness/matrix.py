@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError,
-                      field_validator, model_validator)
+                      field_validator, model_serializer, model_validator)
 
 from harness.backends import BACKENDS
 from harness.errors import UserError
@@ -95,6 +95,16 @@ class SynthSpec(_Strict):
     images: int = Field(default=32, gt=0)
     seed: int = 2
     size: int = Field(default=320, ge=32)
+    rotated: bool = Field(default=False, description="rotated shapes with rotated ground truth "
+                                                     "(harness.data.synth_rotated, #19)")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """``rotated`` only when set: horizontal sets dump (and hash, and form series) as before #19."""
+        data = handler(self)
+        if not self.rotated and isinstance(data, dict):
+            data.pop("rotated", None)
+        return data
 
 
 class EvalSpec(_Strict):
@@ -476,6 +486,57 @@ def check_files(m: Matrix, source: str) -> None:
         if src:
             _check_dataset_files(DatasetSpec.model_validate(src),
                                  f"{source}: overrides[{i}].set.calibration.source")
+
+
+def check_box_types(m: Matrix, source: str) -> dict[str, str]:
+    """Plan-time check that every model's boxes match the dataset's ground truth.
+
+    A rotated model (``harness.models.box_types``) needs a rotated dataset (COCO file with
+    ``info.box_type: rotated``) and a horizontal model a horizontal one: AP of one against
+    the other's ground truth would measure nothing.  Returns model name -> box type (cells
+    carry it as ``box_type``); a mismatch is a UserError naming the model, the dataset and
+    the fix.  Call after :func:`check_files` (the files exist).
+    """
+    datasets = [_dataset_box_type(m.dataset, "dataset", source)]
+    if m.calibration.sensitivity_source is not None:  # AP is measured there too
+        datasets.append(_dataset_box_type(m.calibration.sensitivity_source,
+                                          "calibration.sensitivity_source", source))
+    out = {}
+    for i, spec in enumerate(m.models):
+        kind, why = _model_box_type(spec)
+        out[spec.name] = kind
+        for ds_kind, ds_text in datasets:
+            if ds_kind != kind:
+                fix = ("give a rotated dataset (COCO json with info.box_type: rotated, e.g. "
+                       "`detbench synth --rotated`) or a horizontal-box model" if kind == "rotated"
+                       else "give a rotated model (an RTMDetRotatedHead config such as the rotated "
+                            "family) or a horizontal-box dataset")
+                raise UserError(f"{source}: models[{i}] '{spec.name}' predicts {kind} boxes ({why}) "
+                                f"but {ds_text} {ds_kind} boxes: {fix}")
+    return out
+
+
+def _model_box_type(spec: ModelSpec) -> tuple[str, str]:
+    from harness.models.box_types import HORIZONTAL, config_file_box_type
+
+    if spec.onnx is not None or spec.ultralytics is not None:
+        return HORIZONTAL, "onnx:/ultralytics: models give axis-aligned boxes"
+    config = spec.config or _packaged(spec.name)
+    if config is None:  # mmyolo not installed: its cells say so; nothing to compare here
+        return HORIZONTAL, "config not available"
+    return config_file_box_type(config)
+
+
+def _dataset_box_type(ds: DatasetSpec, where: str, source: str) -> tuple[str, str]:
+    """(box type, "<where> holds" in words) of a dataset section; synthetic sets are made to order."""
+    if ds.synth is not None:
+        kind = "rotated" if getattr(ds.synth, "rotated", False) else "horizontal"
+        return kind, f"{where}.synth generates"
+    from harness.data.datasets import box_type
+
+    kind = box_type(ds.annotations, where=f"{source}: {where}.annotations")
+    info = "info.box_type: rotated" if kind == "rotated" else "no info.box_type: rotated"
+    return kind, f"{where}.annotations '{ds.annotations}' ({info}) holds"
 
 
 def _packaged(name: str) -> str | None:

@@ -16,6 +16,30 @@ import json
 COLUMNS = ("model", "backend", "precision", "batch", "imgsz", "device", "nms", "status", "AP",
            "AP50", "median_ms", "p99_ms", "mad_ms", "img_per_s", "e2e_median_ms", "stages_s", "note")
 
+#: a run with rotated cells (#19) also shows their box type and DOTA's mAP50; its AP / AP50 are
+#: rotated-IoU AP (:data:`ROTATED_METRICS` says so in the run header and under the CLI table)
+ROTATED_COLUMNS = {"nms": ("boxes",), "AP50": ("mAP50_07", "mAP50_area")}
+ROTATED_METRICS = ("rotated boxes: AP / AP50 are COCO-style AP 0.50:0.95 / 0.50 on rotated IoU "
+                   "(101-point); mAP50_07 / mAP50_area are DOTA mAP at IoU 0.5 (VOC-07 11-point / "
+                   "area), difficult objects ignored")
+
+
+def is_rotated(cell) -> bool:
+    from harness.models.box_types import of_cell
+
+    return of_cell(cell) == "rotated"
+
+
+def columns(cells) -> list[str]:
+    """:data:`COLUMNS`, plus :data:`ROTATED_COLUMNS` where any cell is rotated."""
+    if not any(is_rotated(c) for c in cells):
+        return list(COLUMNS)
+    out = []
+    for col in COLUMNS:
+        out += [col, *ROTATED_COLUMNS.get(col, ())]
+    return out
+
+
 #: the order stage times are shown in (others, if any, follow)
 STAGE_ORDER = ("startup", "load", "export", "build", "calibrate", "preprocess", "infer", "eval",
                "measure", "alignment")
@@ -45,13 +69,16 @@ def cell_row(cell) -> dict:
             "median_ms": lat.get("median_ms"), "p99_ms": lat.get("p99_ms"),
             "mad_ms": lat.get("mad_ms"), "img_per_s": lat.get("throughput_ips"),
             "e2e_median_ms": e2e.get("median_ms"),
-            "stages_s": stage_summary(getattr(cell, "stage_times", None)), "note": note}
+            "stages_s": stage_summary(getattr(cell, "stage_times", None)), "note": note,
+            **({"boxes": "rotated", "mAP50_07": metrics.get("mAP50_07"),
+                "mAP50_area": metrics.get("mAP50_area")} if is_rotated(cell) else {})}
 
 
 def _is_ap(column: str) -> bool:
-    """AP-like columns get 4 decimals: ``AP``, ``AP50``, ``AP_small``, ``b1 fp32 AP``, ``dAP``..."""
+    """AP-like columns get 4 decimals: ``AP``, ``AP50``, ``AP_small``, ``b1 fp32 AP``, ``dAP``,
+    ``mAP50_07``..."""
     last = column.split()[-1] if column.strip() else column
-    return last.startswith("AP") or last == "dAP"
+    return last.startswith(("AP", "mAP")) or last == "dAP"
 
 
 def fmt(value, column: str = "") -> str:
@@ -74,7 +101,7 @@ def to_csv(rows: list[dict], columns: list[str] | tuple[str, ...] | None = None,
     buf = io.StringIO()
     for key, value in (header or {}).items():
         buf.write(f"# {key}: {_one_line(value)}\n")
-    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
@@ -363,7 +390,8 @@ def run_header(run, cells) -> dict[str, str]:
     machine = hw["gpu"] or (f"CPU only ({hw['cpu']})" if hw["cpu"] else "—")
     if hw["gpu"] and hw["driver"]:
         machine += f" · driver {hw['driver']}" + (f" · CUDA {hw['cuda']}" if hw["cuda"] else "")
-    return {"run": f"{run.name} ({run.id})", "status": run.status,
+    rotated = {"metrics": ROTATED_METRICS} if any(is_rotated(c) for c in cells) else {}
+    return {"run": f"{run.name} ({run.id})", "status": run.status, **rotated,
             "created": (_when(run.created_at) or "—") + " UTC",
             "finished": (_when(run.finished_at) + " UTC") if run.finished_at else "—",
             "hardware": machine + (f" · host {hw['host']}" if hw["host"] else ""),
@@ -442,16 +470,17 @@ def export_run(fmt: str, run, cells, alignments: dict | None = None) -> str | by
     XLSX (bytes) adds the headline and classic tables as sheets, JSON is :func:`to_json`."""
     header = run_header(run, cells)
     rows = [cell_row(c) for c in cells]
+    cols = columns(cells)
     if fmt == "csv":
-        return to_csv(rows, header=header)
+        return to_csv(rows, cols, header=header)
     if fmt == "md":
-        return to_markdown(rows, header=header)
+        return to_markdown(rows, cols, header=header)
     if fmt == "html":
-        return to_html(rows, title=f"detbench run {run.id} ({run.name})", header=header)
+        return to_html(rows, cols, title=f"detbench run {run.id} ({run.name})", header=header)
     if fmt == "json":
         return to_json(run, cells, alignments)
     if fmt == "xlsx":
-        return to_xlsx({"cells": (list(COLUMNS), rows),
+        return to_xlsx({"cells": (cols, rows),
                         "headline": (list(HEADLINE_COLUMNS), headline_table(cells)),
                         "classic": (classic_columns(cells=cells), classic_table(cells))},
                        header=header)

@@ -3,7 +3,8 @@
 # machine (no package index there), so each committed GPU result can be reproduced from this
 # repository. Pinned versions with sha256 (scripts/device_wheels*.txt; pip --require-hashes
 # refuses any other bytes); Python 3.12, manylinux x86_64, --only-binary, --no-deps.
-#   .whl/          the mmyolo stack + detbench's core deps (~16 MB: carried in one call)
+#   .whl/          the mmyolo stack + detbench's core deps + mmrotate/e2cnn for the rotated family
+#                  (~17 MB: carried in one call)
 #   .ort5/part0N   onnxruntime-gpu 1.31.1 (256 MB) in 5 parts below the device's 64 MiB per call,
 #   .ort5/SHA256   the whole wheel's sha256, checked by run_gpu_ort.sh after `cat part*`.
 # Both folders are git-ignored: wheels are never committed. See benchmarks/results/README.md.

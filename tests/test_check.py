@@ -18,10 +18,11 @@ KEYS = ("yolov8_n/pytorch/fp32/b1/s640/cuda/nms-none", "yolov8_n/onnxruntime/int
 MATRIX = "name: nightly\ncheck: {min_magnitude: 0.05}\n"
 
 
-def _plan(key, cuda_graph=False):
+def _plan(key, cuda_graph=False, rotated=False):
     model, backend, precision, b, s, device, nms = key.split("/")
     params = {"timing": {"cuda_graph": cuda_graph, "e2e": False}, "eval": {"score_thr": None},
-              "dataset": {"limit": None, "synth": {"images": 10, "seed": 2, "size": 320}}}
+              "dataset": {"limit": None, "synth": {"images": 10, "seed": 2, "size": 320}},
+              **({"box_type": "rotated"} if rotated else {})}
     return dict(key=key, model=model, backend=backend, precision=precision, batch=int(b[1:]),
                 imgsz=int(s[1:]), device=device, nms=nms.removeprefix("nms-"), params=params)
 
@@ -32,9 +33,9 @@ def _provenance(driver="580.1"):
 
 
 def add_run(store, nights, *, status="ok", ap=0.6, matrix=MATRIX, cuda_graph=False,
-            driver="580.1", samples=True, seed=0, keys=KEYS, git_sha="abc"):
+            driver="580.1", samples=True, seed=0, keys=KEYS, git_sha="abc", rotated=False):
     """One run; ``nights`` is the latency level (ms) of every cell."""
-    cells = [_plan(k, cuda_graph) for k in keys]
+    cells = [_plan(k, cuda_graph, rotated) for k in keys]
     run_id = store.create_run(name="nightly", matrix_path=None, matrix_hash="h", matrix_yaml=matrix,
                               git_sha=git_sha, detbench_version="0.1.0",
                               environment={"packages": {"torch": "2.11"}, "cpu": "x"}, cells=cells)
@@ -42,7 +43,8 @@ def add_run(store, nights, *, status="ok", ap=0.6, matrix=MATRIX, cuda_graph=Fal
     for cell in store.cells(run_id):
         values = nights * (1 + 0.01 * rng.standard_normal(200))
         if status == "ok":
-            store.record_result(cell.id, status="ok", metrics={"AP": ap, "AP50": ap + 0.2},
+            kind = {"box_type": "rotated"} if rotated else {}
+            store.record_result(cell.id, status="ok", metrics={"AP": ap, "AP50": ap + 0.2, **kind},
                                 latency={"median_ms": float(np.median(values))},
                                 provenance=_provenance(driver),
                                 samples={"model": values.tolist()} if samples else None)
@@ -316,3 +318,29 @@ def test_nightly_matrix_parses_with_its_check_section():
     m, _ = mx.load(REPO / "matrices" / "nightly.yaml")
     assert m.check.min_magnitude == 0.05 and m.check.ap_tolerance["int8"] == 0.005
     assert m.check.confirm_nights == 2
+
+
+def test_rotated_ap_is_never_compared_with_horizontal_ap(store):
+    """#19: a rotated cell's AP (rotated IoU) starts its own series, in history and baseline mode,
+    and horizontal series keep the ids they had before #19."""
+    from harness.check import series
+    from harness.check.verdict import _Context, _rule, settings_of
+
+    horizontal = [add_run(store, 5.0, seed=i) for i in range(6)]
+    rotated = add_run(store, 5.0, seed=9, ap=0.2, rotated=True)  # same keys, much lower AP
+    report = check(store, rotated)
+    assert report.exit_code == 0
+    assert not [f for f in report.findings if f.metric in ("AP", "AP50")]
+    assert {f.detail for f in report.findings} == {"first run of this series"}
+    base = check(store, rotated, baseline=horizontal[-1])
+    assert not [f for f in base.findings if f.metric in ("AP", "AP50")]
+    assert sorted(base.no_series) == sorted(KEYS)
+    h_cell, r_cell = store.cells(horizontal[-1])[0], store.cells(rotated)[0]
+    assert "box_type" not in series.plan_identity(h_cell)  # unchanged ids for horizontal cells
+    assert series.plan_id(h_cell) != series.plan_id(r_cell)
+    # the guard below the series: rows of another box type never enter an AP history
+    run = store.get_run(rotated)
+    ctx = _Context(store, run, settings_of(run), _rule(settings_of(run), None))
+    rows = [ctx._row_of(c) for c in (h_cell, r_cell)]
+    assert ctx._same_box_type(r_cell, rows) == rows[1:]
+    assert "other than rotated boxes" in ctx.warnings[0]

@@ -261,6 +261,86 @@ def test_alignment_with_data(tmp_path, monkeypatch):
     assert len(at.dataframe) >= 1  # worst images
 
 
+ROTATED_MODEL = "rtmdet_r_tiny"
+ROTATED_CLASSES = ("rectangle", "ellipse", "triangle", "diamond")
+
+
+def build_rotated_store(url: str) -> str:
+    """One run of a rotated model (#19) on CPU: the PyTorch reference and ONNX Runtime fp32 / fp16,
+    rotated-IoU AP and DOTA mAP50 in the stats fields, per-class AP, and an alignment record with
+    the rotated histograms.  Returns the run id."""
+    rng = random.Random(1)
+    keys = [("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16")]
+    cells = [dict(key=f"{ROTATED_MODEL}/{b}/{p}/b1/s256/cpu/nms-none", position=i, model=ROTATED_MODEL,
+                  backend=b, precision=p, batch=1, imgsz=256, device="cpu", nms="none",
+                  params={"batch": 1, "box_type": "rotated"}) for i, (b, p) in enumerate(keys)]
+    with Store(url) as store:
+        run_id = store.create_run(name="rotated", matrix_path="matrices/rotated.yaml", matrix_hash="r",
+                                  matrix_yaml="name: rotated\n", git_sha="0123abcd", detbench_version="0.1.0",
+                                  environment={"host": "cpu-box", "cpu": "x86"}, cells=cells)
+        for i, cell in enumerate(store.cells(run_id)):
+            ap = 0.612 - 0.004 * i
+            samples = [20.0 + i + rng.uniform(0, 0.5) for _ in range(20)]
+            store.record_result(
+                cell.id, status="ok", duration_s=12.0,
+                metrics={"AP": ap, "AP50": ap + 0.3, "AP75": ap + 0.05, "mAP50_07": ap + 0.28,
+                         "mAP50_area": ap + 0.29, "detections": 120, "dropped_labels": 0,
+                         "box_type": "rotated", "metric": "rotated IoU"},
+                latency=_latency(samples, 1), samples={"model": samples},
+                provenance={"device": "cpu", "eval": {"score_thr": 0.05, "metric": "rotated IoU"}},
+                class_ap=[{"class_name": n, "ap": ap + d, "ap50": ap + d + 0.3}
+                          for n, d in zip(ROTATED_CLASSES, (0.02, -0.01, 0.0, -0.03))])
+            if cell.backend != "pytorch":
+                store.record_alignment(cell.id, {
+                    "schema": 1, "status": "ok", "reason": None, "cell": cell.key,
+                    "reference": cells[0]["key"], "match_iou": 0.5, "box_type": "rotated",
+                    "iou": "rotated", "images": 6, "images_replayed": 6, "reference_detections": 40,
+                    "candidate_detections": 41, "matched": 39, "missing": 1, "extra": 2,
+                    "matched_pct": 92.9, "class_flips": 0,
+                    "attribution": {"pre_topk": 0, "score_thr": 1, "keep_topk": 0, "nms": 0,
+                                    "numeric": 2, "other": 0},
+                    "iou_hist": {"edges": [0.5, 0.9, 0.99, 1.0], "counts": [1, 3, 35]},
+                    "score_delta_hist": {"edges": [-1.0, 0.0, 1.0], "counts": [20, 19]},
+                    "angle_delta_hist": {"edges": [-90.0, -0.001, 0.001, 90.0], "counts": [4, 30, 5]},
+                    "center_shift_hist": {"edges": [0.0, 0.002, 0.1, 1e4], "counts": [30, 8, 1]},
+                    "worst_images": [{"image_id": 2, "missing": 1, "extra": 2}],
+                    "ap_delta": ap - 0.612, "ap_ref": 0.612, "ap": ap})
+        store.finish_run(run_id, "finished")
+    return run_id
+
+
+def test_rotated_cells_on_every_page(tmp_path, monkeypatch):
+    """#19: a run of rotated cells says on every page that its AP is rotated-IoU AP; the cells
+    table has the box type and DOTA's mAP50; alignment shows the angle / centre histograms."""
+    import json
+
+    url = f"sqlite:///{tmp_path / 'rotated.db'}"
+    build_rotated_store(url)
+    monkeypatch.setenv("DETBENCH_DB", url)
+    for page in PAGES:
+        at = _open(AppTest.from_file(str(APP), default_timeout=TIMEOUT), page)
+        assert any("rotated-IoU AP" in i.value for i in at.info), page
+        if page == "overview":
+            headline = "".join(str(h.proto.body) for h in at.get("html"))
+            assert "<th>rotated AP</th>" in headline and "<th>Δ rotated AP</th>" in headline
+        if page == "compare":
+            scatter = json.loads(at.get("plotly_chart")[0].proto.spec)
+            assert scatter["layout"]["yaxis"]["title"]["text"].startswith("rotated AP")
+        if page == "alignment":
+            titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+            assert "angle difference of matched pairs (degrees, rotated boxes)" in titles
+            assert "centre shift of matched pairs (pixels, rotated boxes)" in titles
+            assert any("rotated IoU" in c.value for c in at.caption)
+        if page == "details":
+            assert any("rotated IoU" in m.value for m in at.markdown)
+        if page == "export":
+            at.selectbox(key="table").set_value("cells").run()
+            frame = at.dataframe[0].value
+            assert {"boxes", "mAP50_07", "mAP50_area"} <= set(frame.columns)
+            assert set(frame["boxes"]) == {"rotated"}
+            assert frame["mAP50_07"].tolist() == pytest.approx([0.892, 0.888, 0.884])
+
+
 def test_details_environment_telemetry_latency(app):
     at = _open(app, "details")
     import json
@@ -409,6 +489,44 @@ def test_existing_exports_unchanged_and_classic_table(tmp_path):
     assert trt8["b1 int8 ms"] is not None and trt8["b4 int8 ms"] is None  # failed build
     pt = next(r for r in classic if r["backend"] == "pytorch")
     assert pt["b1 int8 AP"] is None  # skipped
+
+
+def test_show_and_export_label_rotated_cells(tmp_path, capsys):
+    """#19: `detbench show` / `export` of a rotated run: a box-type column, DOTA mAP50 columns and
+    a line saying the AP is rotated-IoU AP; a horizontal run's exports keep their columns."""
+    import csv
+    import io
+    import json
+
+    from harness import cli
+
+    url = f"sqlite:///{tmp_path / 'rotated.db'}"
+    run_id = build_rotated_store(url)
+    assert cli.main(["show", run_id, "--db", url]) == 0
+    out = capsys.readouterr().out
+    assert "boxes" in out and "mAP50_07" in out and "rotated" in out and "0.8920" in out
+    assert report.ROTATED_METRICS in " ".join(out.split())
+    assert cli.main(["export", run_id, "--format", "csv", "--db", url]) == 0
+    text = capsys.readouterr().out
+    assert f"# metrics: {report.ROTATED_METRICS}" in text
+    rows = list(csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#")))
+    assert list(rows[0]) == report.columns(Store(url, readonly=True).cells(run_id))
+    assert {r["boxes"] for r in rows} == {"rotated"} and float(rows[0]["mAP50_07"]) == pytest.approx(0.892)
+    assert float(rows[0]["AP"]) == pytest.approx(0.612)
+    assert cli.main(["export", run_id, "--format", "md", "--db", url]) == 0
+    md = capsys.readouterr().out
+    assert "| boxes |" in md and "| mAP50_07 | mAP50_area |" in md and "**metrics**: rotated boxes" in md
+    assert cli.main(["export", run_id, "--format", "json", "--db", url]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {c["metrics"]["box_type"] for c in doc["cells"]} == {"rotated"}
+    assert doc["alignment"][f"{ROTATED_MODEL}/onnxruntime/fp32/b1/s256/cpu/nms-none"]["angle_delta_hist"]
+    assert doc["header"]["metrics"] == report.ROTATED_METRICS
+    plain = f"sqlite:///{tmp_path / 'plain.db'}"
+    plain_run = build_store(plain, runs=1)[0]
+    with Store(plain, readonly=True) as store:
+        run, cells = store.get_run(plain_run), store.cells(plain_run)
+    assert report.columns(cells) == list(report.COLUMNS)
+    assert "metrics" not in report.run_header(run, cells)
 
 
 def test_launch_command(monkeypatch):

@@ -49,6 +49,16 @@ def config_matrix(config: str) -> str:
             "backends: [pytorch]\n" + SYNTH)
 
 
+ROTATED_CONFIG = "mmyolo::rtmdet/rotated/rtmdet-r_tiny_fast_1xb8-36e_dota.py"
+#: a user's own config whose head is rotated: the head decides, not the file's location
+ROTATED_HEAD_CONFIG = ("model = dict(type='YOLODetector', bbox_head=dict(type='RTMDetRotatedHead'), "
+                       "test_cfg=dict(nms=dict(type='nms', iou_threshold=0.1)))\n"
+                       "test_dataloader = dict(dataset=dict(pipeline=[]))\n")
+COCO_JSON = '{"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}'
+ROTATED_JSON = ('{"info": {"box_type": "rotated", "angle_version": "le90"}, "images": [], '
+                '"annotations": [], "categories": [{"id": 1, "name": "a"}]}')
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -303,6 +313,43 @@ CASES = [
     Case("dataset-missing-at-plan", ("plan", "m.yaml"),
          ("dataset.annotations", "none.json' does not exist"),
          files=matrix(HEAD + "dataset: {images: nowhere, annotations: none.json}\n")),
+    # 13. box types (#19): a rotated model on horizontal ground truth or the reverse, at plan time
+    Case("rotated-model-horizontal-dataset", ("run", "m.yaml"),
+         ("models[0] 'custom' predicts rotated boxes (head RTMDetRotatedHead)",
+          "dataset.synth generates horizontal boxes", "give a rotated dataset", "detbench synth --rotated"),
+         files=matrix(config_matrix(ROTATED_CONFIG))),
+    Case("rotated-model-horizontal-dataset-plan", ("plan", "m.yaml"),
+         ("models[0] 'custom' predicts rotated boxes", "horizontal boxes", "give a rotated dataset"),
+         files=matrix(config_matrix(ROTATED_CONFIG))),
+    Case("rotated-head-in-own-config", ("run", "m.yaml"),
+         ("models[0] 'custom' predicts rotated boxes (head RTMDetRotatedHead)", "horizontal boxes"),
+         files={**matrix(config_matrix("rot.py")), "rot.py": ROTATED_HEAD_CONFIG}),
+    Case("rotated-model-horizontal-coco-file", ("run", "m.yaml"),
+         ("models[0] 'custom' predicts rotated boxes", "dataset.annotations '{tmp}/coco.json' "
+          "(no info.box_type: rotated) holds horizontal boxes", "give a rotated dataset"),
+         files={"m.yaml": config_matrix(ROTATED_CONFIG).replace(SYNTH, "dataset: {images: imgs, "
+                                                                "annotations: coco.json}\n"),
+                "coco.json": COCO_JSON, "imgs/keep": ""}),
+    Case("horizontal-model-rotated-dataset", ("run", "m.yaml"),
+         ("models[0] 'yolov8_n' predicts horizontal boxes (head YOLOv8Head)",
+          "dataset.annotations '{tmp}/rot.json' (info.box_type: rotated) holds rotated boxes",
+          "give a rotated model", "or a horizontal-box dataset"),
+         files={"m.yaml": HEAD + "dataset: {images: imgs, annotations: rot.json}\n",
+                "rot.json": ROTATED_JSON, "imgs/keep": ""}),
+    Case("horizontal-model-rotated-synth", ("plan", "m.yaml"),
+         ("models[0] 'yolov8_n' predicts horizontal boxes", "dataset.synth generates rotated boxes",
+          "give a rotated model"),
+         files=matrix(HEAD + "dataset: {synth: {images: 2, rotated: true}}\n")),
+    Case("horizontal-model-rotated-sensitivity-split", ("plan", "m.yaml"),
+         ("models[0] 'yolov8_n' predicts horizontal boxes",
+          "calibration.sensitivity_source.annotations '{tmp}/rot.json'", "holds rotated boxes"),
+         files={"m.yaml": GOOD + "calibration: {sensitivity_source: {images: imgs, "
+                                 "annotations: rot.json}}\n",
+                "rot.json": ROTATED_JSON, "imgs/keep": ""}),
+    Case("dataset-annotations-not-json", ("plan", "m.yaml"),
+         ("m.yaml: dataset.annotations: '{tmp}/bad.json' is not valid JSON", "give a COCO instances json"),
+         files={"m.yaml": HEAD + "dataset: {images: imgs, annotations: bad.json}\n",
+                "bad.json": "{not json", "imgs/keep": ""}),
     Case("ctrl-c", ("run", "m.yaml"), ("interrupted", "marked interrupted", "--resume r"),
          code=130, signal=signal.SIGINT, check=interrupted, writes=True, files=matrix(GOOD)),
     Case("sigterm", ("run", "m.yaml"), ("terminated (SIGTERM)", "--resume r"),

@@ -9,6 +9,9 @@ NO_DATA = ("No alignment data for this run (needs a non-reference cell plus a Py
            "reference).")
 COUNT_KEYS = ("attribution", "attribution_counts", "causes", "counts")
 WORST_KEYS = ("worst_images", "worst")
+#: rotated cells (#19) are matched by rotated IoU and also show how angles and centres moved
+HIST_TITLES = {"angle_delta_hist": "angle difference of matched pairs (degrees, rotated boxes)",
+               "center_shift_hist": "centre shift of matched pairs (pixels, rotated boxes)"}
 
 
 def main() -> None:
@@ -28,6 +31,9 @@ def main() -> None:
         return
     summary = alignment_summary(data)
     st.markdown(summary["headline"])
+    if data.get("box_type") == "rotated":
+        st.caption("Rotated cell: detections matched by **rotated IoU** (exact polygon overlap); "
+                   "ΔAP is rotated-IoU AP.")
     for line in summary["warnings"]:
         st.warning(line)
     for note in summary["notes"]:
@@ -110,7 +116,7 @@ def render(data: dict) -> None:
     for name, spec in data.items():
         if "hist" not in name and not any(w in name for w in ("iou", "score")):
             continue
-        title = name.replace("_", " ")
+        title = HIST_TITLES.get(name) or name.replace("_", " ")
         shape = histogram_of(spec)
         if shape:
             st.plotly_chart(charts.bars(*shape, title, title), key=f"hist-{name}")

@@ -50,7 +50,8 @@ def main() -> None:
         else:
             st.dataframe(summary, height=300)
     with right:
-        st.markdown("**accuracy**")
+        st.markdown("**accuracy**" + (" — rotated IoU (AP / AP50: COCO-style on rotated IoU; "
+                                      "mAP50_07 / mAP50_area: DOTA)" if report.is_rotated(cell) else ""))
         metrics = {k: v for k, v in (cell.metrics or {}).items() if not isinstance(v, (dict, list))}
         if metrics:
             st.dataframe(pd.DataFrame({"metric": list(metrics),

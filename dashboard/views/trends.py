@@ -3,6 +3,8 @@
 import pandas as pd
 import streamlit as st
 
+from harness import report
+
 from dashboard import context, tables, trend_charts, trends_data
 from dashboard.analysis import PICK
 
@@ -53,7 +55,8 @@ def main() -> None:
     for metric in metrics:
         marks = {k: trends_data.markers(frames[k], metric, ctx.run, by_key[k].precision)
                  for k in frames}
-        st.plotly_chart(trend_charts.overlay_chart(frames, metric, marks, acks),
+        st.plotly_chart(trend_charts.overlay_chart(frames, metric, marks, acks,
+                                                   rotated=report.is_rotated(cell)),
                         key=f"trend-{metric}")
         for k, positions in marks.items():
             marked += [(metric, k, p) for p in positions]

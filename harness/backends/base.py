@@ -19,7 +19,8 @@ class SkipCell(Exception):
 
 @dataclass
 class Detections:
-    """One image's detections: xyxy boxes in original pixels, scores, 0-based labels (numpy)."""
+    """One image's detections in original pixels, scores, 0-based labels (numpy): boxes (K, 4) xyxy,
+    or (K, 5) (cx, cy, w, h, angle in radians, le90) for a rotated model."""
 
     boxes: Any
     scores: Any

@@ -7,7 +7,10 @@ tensors inside mmyolo's ``predict_by_feat``), the same graph boundary as the
 exported ONNX/TensorRT graphs.  Postprocessing is mmyolo's score threshold,
 pre-top-k, NMS, keep-top-k and rescale (tested equal to ``predict_by_feat``):
 batched on the GPU for CUDA cells (``harness.export.device_nms``), image by
-image with mmdet/mmcv's helpers on CPU (``harness.export.host_nms``).
+image with mmdet/mmcv's helpers on CPU (``harness.export.host_nms``).  A rotated
+head (RTMDet-R) decodes to (cx, cy, w, h, angle) boxes and gets rotated NMS
+(``harness.export.host_nms_rotated``) on the tensors' device; its detections
+carry ``(K, 5)`` boxes in original-image pixels.
 """
 from __future__ import annotations
 
@@ -84,6 +87,11 @@ class PyTorchRunner(Runner):
 
         boxes, scores = raw
         with torch.inference_mode():
+            if boxes.shape[-1] == 5:  # a rotated head: rotated NMS on the tensors' device
+                from harness.export.host_nms_rotated import rotated_postprocess
+
+                return [Detections(b.cpu().numpy(), s.cpu().numpy(), l.cpu().numpy())
+                        for b, s, l in rotated_postprocess(boxes, scores, metas, self.test_cfg)]
             if boxes.is_cuda:
                 from harness.export.device_nms import batched_postprocess
 

@@ -1,8 +1,8 @@
 """Series identity: everything that changes *what* a cell measures.
 
 Model and checkpoint hash, backend, precision, batch, image size, NMS, the device kind
-(GPU name, or CPU model), timing mode (CUDA graph, end-to-end), evaluation settings and
-dataset hash.  Software versions (driver, CUDA, torch, ONNX Runtime, TensorRT, detbench)
+(GPU name, or CPU model), timing mode (CUDA graph, end-to-end), evaluation settings,
+dataset hash and, for rotated cells, the box type (#19: rotated-IoU AP is another metric).  Software versions (driver, CUDA, torch, ONNX Runtime, TensorRT, detbench)
 are not part of it: they are shown where they changed (:func:`provenance_diff`).
 
 Cells store these pieces in ``params`` (the plan) and ``provenance`` (measured); a
@@ -30,7 +30,10 @@ def plan_identity(cell: Any) -> dict[str, Any]:
     params = cell.params or {}
     timing = params.get("timing") or {}
     dataset = params.get("dataset") or {}
-    return {"model": cell.model, "backend": cell.backend, "precision": cell.precision,
+    # a rotated cell's AP is rotated-IoU AP (#19): never the series of a horizontal one (the key
+    # is absent for horizontal cells, so their series keep the ids they had before)
+    rotated = {"box_type": "rotated"} if params.get("box_type") == "rotated" else {}
+    return {**rotated, "model": cell.model, "backend": cell.backend, "precision": cell.precision,
             "batch": cell.batch, "imgsz": cell.imgsz, "nms": cell.nms or "none",
             "device_kind": "cuda" if str(cell.device).startswith("cuda") else str(cell.device),
             "cuda_graph": bool(timing.get("cuda_graph", False)), "e2e": bool(timing.get("e2e", True)),
@@ -46,8 +49,9 @@ def measured_identity(cell: Any, run_environment: dict | None) -> dict[str, Any]
         return None
     device = prov.get("gpu_name") if str(cell.device).startswith("cuda") else \
         (run_environment or {}).get("cpu")
-    return {"checkpoint": prov.get("checkpoint_hash"), "dataset": prov.get("annotations_hash"),
-            "device": device, "eval": prov.get("eval")}
+    rotated = {"box_type": "rotated"} if (cell.metrics or {}).get("box_type") == "rotated" else {}
+    return {**rotated, "checkpoint": prov.get("checkpoint_hash"),
+            "dataset": prov.get("annotations_hash"), "device": device, "eval": prov.get("eval")}
 
 
 def plan_id(cell: Any) -> str:

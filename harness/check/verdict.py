@@ -15,6 +15,7 @@ from harness.check.findings import FAILING, NEW, SEVERITY, Finding, Report
 from harness.check.stats import summarise, two_run_test
 from harness.errors import UserError
 from harness.matrix import CheckSpec
+from harness.models import box_types
 
 #: two-run mode: the U test's significance level
 TWO_RUN_ALPHA = 0.001
@@ -126,13 +127,24 @@ class _Context:
                 continue
             out.append(self._latency(cell, sid, ok_rows, current, metric, kind))
         tol = self.spec.ap_tolerance.get(cell.precision, self.spec.ap_tolerance.get("fp32", 0.002))
+        same_boxes = self._same_box_type(cell, ok_rows)
         for metric, key in (("AP", "ap"), ("AP50", "ap50")):
-            found = self._accuracy(cell, sid, ok_rows, current, metric,
+            found = self._accuracy(cell, sid, same_boxes, current, metric,
                                    lambda r, key=key: r.get(key), tol)
             if found:
                 out.append(found)
         out += self._alignment(cell, sid, ok_rows, current)
         return [f for f in out if f is not None]
+
+    def _same_box_type(self, cell, rows: list[dict]) -> list[dict]:
+        """Rows whose AP is the same metric as the cell's: rotated-IoU AP (#19) and COCO bbox
+        AP are never compared (a series never mixes them; this guards stores written by hand)."""
+        mine = box_types.of_cell(cell)
+        same = [r for r in rows if box_types.of_cell(r) == mine]
+        if len(same) < len(rows):
+            self.warnings.append(f"cell {cell.key}: {len(rows) - len(same)} earlier run(s) measured "
+                                 f"AP on other than {mine} boxes: left out of its AP history")
+        return same
 
     def _row_of(self, cell) -> dict:
         run = self.run
@@ -280,6 +292,10 @@ class _Context:
                                baseline_runs=1, detail="Mann-Whitney U on raw samples",
                                two_run=two.to_dict(), provenance_diff=diff if worse else []))
         tol = self.spec.ap_tolerance.get(cell.precision, self.spec.ap_tolerance.get("fp32", 0.002))
+        if box_types.of_cell(other) != box_types.of_cell(cell):
+            self.warnings.append(f"cell {cell.key}: AP on {box_types.of_cell(cell)} boxes, baseline "
+                                 f"{other.key} on {box_types.of_cell(other)} boxes: AP not compared")
+            return out
         for metric, key in (("AP", "ap"), ("AP50", "ap50")):
             was, now = getattr(other, key), getattr(cell, key)
             if was is None or now is None:

@@ -12,7 +12,8 @@ from harness.errors import UserError
 def resolve_dataset(spec, cache_dir: Path, where: str = "dataset") -> dict:
     """Paths of images and annotations; a synthetic set is generated into the cache, keyed by its parameters."""
     if spec.synth is not None:
-        images_dir, ann = synth_dataset(spec.synth.images, spec.synth.seed, spec.synth.size, cache_dir)
+        images_dir, ann = synth_dataset(spec.synth.images, spec.synth.seed, spec.synth.size, cache_dir,
+                                        rotated=getattr(spec.synth, "rotated", False))
         return {"images": str(images_dir), "annotations": str(ann), "limit": spec.limit,
                 "synth": spec.synth.model_dump()}
     images, ann = Path(spec.images), Path(spec.annotations)
@@ -24,12 +25,19 @@ def resolve_dataset(spec, cache_dir: Path, where: str = "dataset") -> dict:
     return {"images": str(images), "annotations": str(ann), "limit": spec.limit}
 
 
-def synth_dataset(images: int, seed: int, size: int, cache_dir: Path) -> tuple[Path, Path]:
-    """Generate (or reuse) a synthetic COCO dataset; writes to a temp dir then renames (atomic)."""
-    from harness.data.synth import generate
+def synth_dataset(images: int, seed: int, size: int, cache_dir: Path,
+                  rotated: bool = False) -> tuple[Path, Path]:
+    """Generate (or reuse) a synthetic COCO dataset (``rotated``: the rotated generator's, #19);
+    writes to a temp dir then renames (atomic)."""
+    if rotated:
+        from harness.data.synth_rotated import generate
+    else:
+        from harness.data.synth import generate
 
-    key = hashlib.sha256(json.dumps([images, seed, size, _generator_hash()]).encode()).hexdigest()[:16]
-    out = Path(cache_dir) / "datasets" / f"synth-n{images}-s{seed}-{size}px-{key}"
+    gen = _generator_hash() + (_generator_hash("synth_rotated.py") if rotated else "")
+    key = hashlib.sha256(json.dumps([images, seed, size, gen]).encode()).hexdigest()[:16]
+    kind = "synth-rotated" if rotated else "synth"
+    out = Path(cache_dir) / "datasets" / f"{kind}-n{images}-s{seed}-{size}px-{key}"
     if not (out / "annotations.json").is_file():
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -39,9 +47,9 @@ def synth_dataset(images: int, seed: int, size: int, cache_dir: Path) -> tuple[P
     return out / "images", out / "annotations.json"
 
 
-def _generator_hash() -> str:
+def _generator_hash(name: str = "synth.py") -> str:
     """A change to the generator's code must not reuse datasets made by the old one."""
-    return hashlib.sha256(Path(__file__).with_name("synth.py").read_bytes()).hexdigest()
+    return hashlib.sha256(Path(__file__).with_name(name).read_bytes()).hexdigest()
 
 
 BOX_TYPES = ("horizontal", "rotated")

@@ -7,6 +7,14 @@ head's *own* ``bbox_coder``) as tensor ops with static spatial sizes, so the
 exported graph equals mmyolo's decode by construction and only the batch
 dimension is dynamic.
 
+Rotated heads (RTMDet-R's ``RTMDetRotatedHead``, issue #19) decode the same way
+with their angle branch: the head's ``angle_coder`` turns the angle maps into
+radians and its ``bbox_coder`` (``DistanceAnglePointCoder``) turns distances +
+angle into ``(cx, cy, w, h, angle)`` le90 boxes, as ``predict_by_feat`` does with
+``decode_with_angle=True``.  Rotated graphs end at the decode (``nms='none'``): an
+in-graph rotated NMS exists only as mmdeploy's TensorRT plugin TRTBatchedRotatedNMS,
+which detbench's TensorRT flavours do not have (``harness.trt.capability``).
+
 NMS variants append a detection stage:
 
 * ``onnx``: standard ``NonMaxSuppression`` (runs on ONNX Runtime and TensorRT);
@@ -43,13 +51,20 @@ OUTPUT_NAMES = {
 }
 
 
+def is_rotated(model) -> bool:
+    """The detector's head predicts rotated boxes (it has an angle coder: RTMDetRotatedHead)."""
+    return getattr(getattr(model, "bbox_head", None), "angle_coder", None) is not None
+
+
 class DeployModel(nn.Module):
     """An mmyolo detector as one exportable function, so every backend runs the same graph.
 
     With ``nms='none'`` the outputs are ``boxes`` (N, A, 4) xyxy in input
     (letterboxed) pixels and ``scores`` (N, A, C): what ``predict_by_feat``
     holds before thresholding, top-k, NMS and rescale.  With an NMS variant the
-    outputs are padded to ``keep_topk`` detections per image.
+    outputs are padded to ``keep_topk`` detections per image.  A rotated head
+    gives ``boxes`` (N, A, 5) ``(cx, cy, w, h, angle)`` in input pixels, angle
+    in radians (le90), and only ``nms='none'``.
     """
 
     def __init__(self, model, *, nms: str = "none", pre_topk: int = 1000, keep_topk: int = 100,
@@ -61,6 +76,15 @@ class DeployModel(nn.Module):
             raise UserError(f"pre_topk ({pre_topk}) and keep_topk ({keep_topk}) must be >= 1")
         self.model = model
         self.nms = nms
+        self.rotated = is_rotated(model)
+        if self.rotated and nms != "none":
+            from harness.trt.capability import rotated_nms_problem
+
+            raise UserError(str(rotated_nms_problem(nms)))
+        if self.rotated and not (model.bbox_head.test_cfg or {}).get("decode_with_angle", True):
+            raise UserError("test_cfg.decode_with_angle=False is not supported: mmyolo's "
+                            "DistanceAnglePointCoder decodes (distances, angle) together; set it to "
+                            "True (the rotated configs' default)")
         self.pre_topk, self.keep_topk = int(pre_topk), int(keep_topk)
         self.iou_thr, self.score_thr = float(iou_thr), float(score_thr)
         self._grids: dict = {}
@@ -85,6 +109,8 @@ class DeployModel(nn.Module):
         (YOLOv6/v8/PPYOLOE integrate their DFL bins inside forward), so the
         coder is the only decoding step left.
         """
+        if self.rotated:
+            return self._decode_rotated(*raw)
         cls_maps, reg_maps = raw[0], raw[1]
         obj_maps = raw[2] if len(raw) > 2 else None
         # int(): spatial sizes are fixed at export; priors become constants.
@@ -94,6 +120,26 @@ class DeployModel(nn.Module):
         boxes = self.head.bbox_coder.decode(priors[None], _flat_cat(reg_maps, 4), strides)
         if obj_maps is not None:
             scores = scores * _flat_cat(obj_maps, 1).sigmoid()
+        return boxes, scores
+
+    def _decode_rotated(self, cls_maps, reg_maps, angle_maps):
+        """RTMDetRotatedHead.predict_by_feat's decode (decode_with_angle=True): sigmoid scores,
+        the angle coder's radians, then the bbox coder on (distances, angle).
+
+        The coder's ``decode`` scales the distances by the stride *in place*
+        (``pred[..., :4] = pred[..., :4] * stride``: an ONNX ScatterND); the same
+        product is made out of place here and handed to the coder's own
+        ``distance2obb`` (no ``max_shape``, as ``predict_by_feat`` calls it).
+        """
+        head = self.head
+        coder = head.bbox_coder
+        sizes = [tuple(int(d) for d in m.shape[-2:]) for m in cls_maps]
+        priors, strides = self._grid(sizes, cls_maps[0])
+        scores = _flat_cat(cls_maps, head.num_classes).sigmoid()
+        angle = head.angle_coder.decode(_flat_cat(angle_maps, head.angle_out_dim), keepdim=True)
+        dist = _flat_cat(reg_maps, 4) * strides[None, :, None]
+        boxes = coder.distance2obb(priors[None], torch.cat([dist, angle], dim=-1), None,
+                                   coder.angle_version)
         return boxes, scores
 
     def _grid(self, sizes, like):

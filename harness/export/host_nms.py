@@ -27,11 +27,16 @@ def host_postprocess(boxes, scores, metas, test_cfg, *, rescale: bool = True) ->
     numpy); with ``rescale`` the boxes come back in original-image pixels,
     clamped to the image.  Without it they stay in input pixels, unclamped
     (mmyolo would clamp input-space boxes to the *original* size, which only
-    makes sense after rescaling).
+    makes sense after rescaling).  Rotated boxes (N, A, 5) go through
+    :func:`harness.export.host_nms_rotated.rotated_postprocess` (boxes (K, 5)).
     """
     import torch
 
     boxes, scores = torch.as_tensor(boxes).float(), torch.as_tensor(scores).float()
+    if boxes.shape[-1] == 5:
+        from harness.export.host_nms_rotated import rotated_postprocess
+
+        return rotated_postprocess(boxes, scores, metas, test_cfg, rescale=rescale)
     cfg = dict(test_cfg)
     return [_one_image(b, s, meta, cfg, rescale) for b, s, meta in zip(boxes, scores, metas)]
 

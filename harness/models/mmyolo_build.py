@@ -17,10 +17,11 @@ _SIZE_KEYS = ("scale", "img_scale")
 
 
 def prepare_mm() -> None:
-    """Make mmcv-lite usable (plain-torch ``mmcv._ext``) and register mmyolo's modules."""
-    from harness.compat import mmcv_ext
+    """Make mmcv-lite usable (plain-torch ``mmcv._ext``), import mmrotate where it is installed
+    (before mmyolo's models, which look for it once), and register mmyolo's modules."""
+    from harness.compat import mmrotate_compat
 
-    mmcv_ext.install()
+    mmrotate_compat.install()  # installs harness.compat.mmcv_ext first
     from mmyolo.utils import register_all_modules
 
     register_all_modules(init_default_scope=True)

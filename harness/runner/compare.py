@@ -77,6 +77,10 @@ def _record(loader, cell, ref, reason, cells) -> dict:
     batch = _batch(loader, cell, twin) if twin is not None else None
     if ref is None:
         return {**_status_record(cell.key, "no reference", reason), "batch_invariance": batch}
+    if box_type(ref) != box_type(cell):  # a rotated AP is never compared with a horizontal one
+        return {**_status_record(cell.key, "no reference",
+                                 f"the reference {ref.key} has {box_type(ref)} boxes, this cell "
+                                 f"{box_type(cell)} boxes: not comparable"), "batch_invariance": batch}
     match_iou = float(((cell.params or {}).get("alignment") or {}).get("match_iou", 0.5))
     record = analyse(loader.data(ref), loader.data(cell), match_iou, batch)
     layers = int8_layers(cell.provenance or {})
@@ -150,11 +154,14 @@ class _Loader:
 
         image_ids, category_ids = _dataset_ids(cell.params["dataset"])
         decoded, metas = _decoded(cell.artifacts or {})
+        kind = box_type(cell)
+        settings = effective_settings(cell.nms, cell.provenance or {}, rotated=kind == "rotated")
         return CellData(
-            key=cell.key, nms=cell.nms, settings=effective_settings(cell.nms, cell.provenance or {}),
-            detections=_detections(cell.artifacts or {}, image_ids), metrics=cell.metrics,
-            class_ap=self.store.class_ap(cell.id), decoded=decoded,
-            replayer=Replayer(decoded, metas, category_ids) if decoded is not None else None)
+            key=cell.key, nms=cell.nms, settings=settings,
+            detections=_detections(cell.artifacts or {}, image_ids, kind == "rotated"),
+            metrics=cell.metrics, class_ap=self.store.class_ap(cell.id), decoded=decoded,
+            replayer=Replayer(decoded, metas, category_ids) if decoded is not None else None,
+            box_type=kind)
 
 
 def _read(path: str | None, what: str) -> Path:
@@ -172,11 +179,18 @@ def _dataset_ids(dataset: dict) -> tuple[list[int], list[int]]:
     return ids, sorted(int(c["id"]) for c in data["categories"])
 
 
-def _detections(artifacts: dict, image_ids: list[int]) -> dict:
+def _detections(artifacts: dict, image_ids: list[int], rotated: bool = False) -> dict:
     from harness.evaluate.alignment.detsets import from_coco
 
     entries = json.loads(_read(artifacts.get("detections"), "detections.json").read_text())
-    return from_coco(entries, image_ids)
+    return from_coco(entries, image_ids, rotated=rotated)
+
+
+def box_type(cell) -> str:
+    """``rotated`` or ``horizontal`` (#19): see :func:`harness.models.box_types.of_cell`."""
+    from harness.models.box_types import of_cell
+
+    return of_cell(cell)
 
 
 def _decoded(artifacts: dict):

@@ -7,6 +7,7 @@ from functools import cached_property
 from pathlib import Path
 
 from harness.data.coco import CocoDataset
+from harness.errors import UserError
 from harness.models.table import packaged_config
 
 
@@ -62,6 +63,22 @@ class CellContext:
 
         prepare_mm()
         return load_config(self.config_path, self.cell["imgsz"])
+
+    @cached_property
+    def box_type(self) -> str:
+        """``rotated`` or ``horizontal``: the model's boxes (its config's head), which must be the
+        dataset's (checked at plan time; again here for cells built without a plan)."""
+        from harness.data.datasets import box_type
+        from harness.models.box_types import HORIZONTAL, config_box_type
+
+        kind, why = (HORIZONTAL, "an onnx:/ultralytics: model") if self.is_onnx_source else \
+            config_box_type(self.cfg)
+        data = box_type(self.dataset.ann_file)
+        if data != kind:
+            raise UserError(f"model '{self.model_spec['name']}' predicts {kind} boxes ({why}) but "
+                            f"dataset '{self.dataset.ann_file}' holds {data} boxes: pair a rotated "
+                            "model with a rotated dataset and a horizontal one with a horizontal one")
+        return kind
 
     @cached_property
     def dataset(self) -> CocoDataset:

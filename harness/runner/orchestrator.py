@@ -56,10 +56,13 @@ def plan(matrix_path: str | Path) -> Plan:
     """
     m, text = mx.load(matrix_path)
     mx.check_files(m, str(matrix_path))
+    box_types = mx.check_box_types(m, str(matrix_path))
     from harness.models import onnx_source
 
     contracts = onnx_source.check_matrix(m.models, str(matrix_path))
     cells = mx.expand(m)
+    for cell in cells:  # what the cell's boxes are: its metrics, series and views follow
+        cell["box_type"] = box_types[cell["model"]]
     onnx_source.apply_to_cells(cells, contracts)
     return Plan(m, text, cells, contracts)
 

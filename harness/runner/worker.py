@@ -86,6 +86,7 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
         ctx.cfg  # mm* imports, module registration, the model config
     t2 = time.perf_counter()
     dataset = ctx.dataset
+    ctx.box_type  # noqa: B018 - a model/dataset box-type mismatch fails the cell at load
     runner = BACKENDS[cell["backend"]].load_runner_class()(cell, ctx)
     try:
         runner.load()
@@ -102,12 +103,9 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
         detections, dropped, decoded, stream_stats = _infer_stream(runner, pre, ctx)
         ids = [im.id for im in dataset.images]
         stages.enter("eval")
-        from harness.evaluate.coco_eval import evaluate
-
         det_path = ctx.work_dir / "detections.json"
         det_path.write_text(json.dumps(detections))
-        coco = evaluate(dataset.ann_file, detections, ids,
-                        evaluator=cell.get("eval", {}).get("evaluator") or "pycocotools")
+        coco = _evaluate(ctx, detections, ids)
         stages.enter("measure")
         from harness.measure.measure_cell import measure
 
@@ -115,11 +113,12 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
         timing = measure(runner, pre, [dataset.read(im) for im in first], [im.id for im in first], cell)
         result = {
             "status": "ok", "metrics": {**coco["stats"], "detections": len(detections),
-                                        "dropped_labels": dropped},
+                                        "dropped_labels": dropped, "box_type": ctx.box_type},
             "class_ap": coco["per_class"], **timing,
             "artifacts": {"detections": str(det_path), **decoded, **runner.info.artifacts},
             "provenance": {**provenance.device_environment(cell["device"]), **runner.info.facts,
-                           "eval": {**ctx.effective_eval(), "evaluator": coco["evaluator"]},
+                           "eval": {**ctx.effective_eval(), "evaluator": coco["evaluator"],
+                                    **({"metric": coco["metric"]} if coco.get("metric") else {})},
                            "config": str(ctx.config_path),
                            "config_hash": provenance.file_hash(ctx.config_path),
                            "checkpoint_hash": _checkpoint_hash(ctx),
@@ -141,16 +140,49 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
         runner.close()
 
 
+def _evaluate(ctx, detections: list[dict], ids: list[int]) -> dict:
+    """COCO bbox AP (pycocotools or faster-coco-eval) for horizontal cells; rotated-IoU AP
+    (COCO-style and DOTA, ``harness.evaluate.rotated_eval``) for rotated ones (#19)."""
+    if ctx.box_type == "rotated":
+        from harness.evaluate.rotated_eval import evaluate_rotated
+
+        return evaluate_rotated(ctx.dataset.ann_file, detections, ids)
+    from harness.evaluate.coco_eval import evaluate
+
+    return evaluate(ctx.dataset.ann_file, detections, ids,
+                    evaluator=ctx.cell.get("eval", {}).get("evaluator") or "pycocotools")
+
+
+def _converter(ctx):
+    """Detections of one image -> COCO result entries: ``bbox`` (xyxy boxes) or, for a rotated
+    cell, ``rbox`` + its enclosing ``bbox`` (the boxes are ``[K, 5]`` cx, cy, w, h, angle)."""
+    if ctx.box_type != "rotated":
+        from harness.evaluate.coco_eval import to_coco_detections
+
+        return lambda image_id, d, cats: to_coco_detections(image_id, d.boxes, d.scores, d.labels, cats)
+    from harness.evaluate.rotated_eval import to_rotated_coco_detections
+
+    def convert(image_id, d, cats):
+        rboxes = getattr(d, "rboxes", None)
+        rboxes = d.boxes if rboxes is None else rboxes
+        if rboxes.ndim != 2 or rboxes.shape[1] != 5:
+            raise RuntimeError(f"a rotated cell's runner returned boxes of shape {rboxes.shape}, "
+                               "not [K, 5] (cx, cy, w, h, angle)")
+        return to_rotated_coco_detections(image_id, rboxes, d.scores, d.labels, cats)
+
+    return convert
+
+
 def _infer_stream(runner, pre, ctx):
     """The accuracy pass: stream batches, infer, collect COCO detections and the alignment tensors.
 
     Images are decoded and preprocessed by workers ahead of the device (or read
     from the preprocessed-input cache); only a few batches are ever in memory.
     """
-    from harness.evaluate.coco_eval import to_coco_detections
     from harness.models.stream import BatchStream
 
     cell = ctx.cell
+    to_coco = _converter(ctx)
     cats = ctx.dataset.category_ids
     stream = BatchStream(ctx.dataset, pre, cell["batch"], cell["device"], cache=ctx.input_cache(pre))
     keep = min(int(cell.get("alignment", {}).get("images", 0)), len(ctx.dataset.images))
@@ -171,7 +203,7 @@ def _infer_stream(runner, pre, ctx):
         dets = runner.infer(prepared)  # model + postprocessing, results on the host
         t1 = time.perf_counter()
         for image_id, d in zip(prepared.image_ids, dets):
-            entries, n = to_coco_detections(image_id, d.boxes, d.scores, d.labels, cats)
+            entries, n = to_coco(image_id, d, cats)
             out.extend(entries)
             dropped += n
         infer_s += t1 - t0

@@ -9,6 +9,9 @@ name the node, the limit and the fix:
 * ``plugin_missing``: a node that is not a standard ONNX op (TensorRT's parser
   then looks it up as a plugin by op_type) and is not in ``flavour.plugins``
   (EfficientNMS_TRT / BatchedNMSDynamic_TRT on TensorRT-RTX);
+* ``rotated_nms_plugin_absent``: a rotated model (RTMDet-R) with an in-graph NMS; rotated
+  NMS in a TensorRT graph is mmdeploy's plugin ``TRTBatchedRotatedNMS``, which no flavour
+  detbench builds with registers (refused at plan time: :func:`refuse_rotated_in_graph_nms`);
 * ``op_unsupported``: ops a flavour parses but cannot build (NonMaxSuppression on
   TensorRT-RTX 1.7.1: "has no runners that implement it");
 * ``int8_needs_qdq`` / ``fp16_needs_fp16_graph``: a strongly typed flavour takes
@@ -30,7 +33,9 @@ from typing import Any
 from harness.errors import UserError
 
 PRECISIONS = ("fp32", "fp16", "int8")
-NMS_PLUGINS = ("EfficientNMS_TRT", "BatchedNMSDynamic_TRT", "BatchedNMS_TRT")
+NMS_PLUGINS = ("EfficientNMS_TRT", "BatchedNMSDynamic_TRT", "BatchedNMS_TRT", "TRTBatchedRotatedNMS")
+#: the in-graph rotated NMS of TensorRT deployments of rotated detectors (mmdeploy's custom op)
+ROTATED_NMS_PLUGIN = "TRTBatchedRotatedNMS"
 # Which NVIDIA TensorRT registers each NMS plugin (NVIDIA/TensorRT plugin/README.md per release:
 # batchedNMSPlugin is [DEPRECATED] since 9.0 and absent from the v11.0 / v11.1 trees and from
 # plugin/api/inferPlugin.cpp there; EfficientNMS_TRT is [DEPRECATED] since 10.12, still
@@ -42,6 +47,9 @@ PLUGIN_AVAILABILITY = {
                         "(deprecated since TensorRT 10.12; INMSLayer, i.e. nms='onnx', replaces it)",
     "BatchedNMSDynamic_TRT": _BATCHED.format(op="BatchedNMSDynamic_TRT"),
     "BatchedNMS_TRT": _BATCHED.format(op="BatchedNMS_TRT"),
+    ROTATED_NMS_PLUGIN: "mmdeploy's TensorRT custom-op library (libmmdeploy_tensorrt_ops.so) loaded "
+                        "into NVIDIA TensorRT: neither NVIDIA's libnvinfer_plugin nor TensorRT-RTX "
+                        "registers TRTBatchedRotatedNMS, and detbench loads no mmdeploy library",
 }
 EFFICIENT_NMS_DEPRECATION = ("EfficientNMS_TRT is deprecated since TensorRT 10.12 (NVIDIA/TensorRT "
                              "plugin/efficientNMSPlugin/README.md; still registered in 11.1): "
@@ -211,6 +219,36 @@ def nms_variant_problem(nms: str, flavour) -> Problem | None:
             "use nms='onnx' (INMSLayer) or nms='efficient_nms' (deprecated since 10.12), or "
             "build with TensorRT 10.x", "BatchedNMSDynamic_TRT")
     return None
+
+
+def rotated_nms_problem(nms: str) -> Problem | None:
+    """Why a rotated model cannot have NMS variant ``nms`` in its graph (None for ``none``).
+
+    Every in-graph variant detbench exports is axis-aligned (ONNX NonMaxSuppression,
+    EfficientNMS_TRT, BatchedNMSDynamic_TRT); rotated NMS in a TensorRT graph is mmdeploy's
+    ``TRTBatchedRotatedNMS``, which is absent from every flavour detbench builds with.
+    """
+    if nms == "none":
+        return None
+    return Problem(
+        "rotated_nms_plugin_absent",
+        f"nms '{nms}' is an axis-aligned NMS; a rotated model's in-graph NMS is the TensorRT plugin "
+        f"{ROTATED_NMS_PLUGIN} (mmdeploy), which is absent: "
+        f"{PLUGIN_AVAILABILITY[ROTATED_NMS_PLUGIN]}.",
+        "use nms: none for rotated models (decoded rotated boxes, exact rotated NMS on the host), "
+        "or exclude these cells", ROTATED_NMS_PLUGIN)
+
+
+def refuse_rotated_in_graph_nms(cells, source: str) -> None:
+    """Plan-time: a rotated cell (``box_type: rotated``) that would run with an in-graph NMS is a
+    UserError (one line: the cell, the absent plugin, the fix); statically skipped cells pass."""
+    for cell in cells:
+        if cell.get("box_type") != "rotated" or cell.get("skip_reason"):
+            continue
+        problem = rotated_nms_problem(cell.get("nms", "none"))
+        if problem is not None:
+            raise UserError(f"{source}: cell {cell.get('key', cell.get('model'))}: {problem} "
+                            f"(exclude: - {{model: {cell['model']}, nms: {cell['nms']}}})")
 
 
 def nms_candidate_cap(nms: str, pre_topk: int | None, num_boxes: int, num_classes: int) -> dict:

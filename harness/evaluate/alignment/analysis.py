@@ -18,7 +18,9 @@ from harness.evaluate.alignment.ap import ap_delta
 from harness.evaluate.alignment.attribution import (CAUSES, STEP_CAUSE, Stage, attribute_chain,
                                                     attribute_obvious, output_stage)
 from harness.evaluate.alignment.detsets import Dets
-from harness.evaluate.alignment.histograms import SCORE_DELTA_EDGES, histogram, iou_edges
+from harness.evaluate.alignment.histograms import (ANGLE_DELTA_EDGES, CENTER_SHIFT_EDGES,
+                                                   SCORE_DELTA_EDGES, angle_deltas_deg, histogram,
+                                                   iou_edges)
 from harness.evaluate.alignment.jsonsafe import plain
 from harness.evaluate.alignment.lint import batch_lint, cap_lint, keep_topk_lint, settings_lints
 from harness.evaluate.alignment.matching import class_flips, greedy_match
@@ -40,6 +42,7 @@ class CellData:
     class_ap: list = field(default_factory=list)
     decoded: dict | None = None
     replayer: Callable[[NmsSettings], dict[int, Dets]] | None = None
+    box_type: str = "horizontal"  # "rotated": rotated boxes, matched by rotated IoU (#19)
 
 
 @dataclass
@@ -53,6 +56,8 @@ class ImageResult:
     ious: np.ndarray
     score_deltas: np.ndarray
     flips: int
+    angle_deltas: np.ndarray | None = None  # rotated cells: degrees, matched pairs
+    center_shifts: np.ndarray | None = None  # rotated cells: pixels, matched pairs
 
 
 def analyse(ref: CellData, cand: CellData, match_iou: float, batch: dict | None = None) -> dict:
@@ -61,6 +66,7 @@ def analyse(ref: CellData, cand: CellData, match_iou: float, batch: dict | None 
     results = [image_result(i, ref, cand, chains, match_iou) for i in ref.detections]
     record = {"schema": SCHEMA_VERSION, "status": "ok", "reason": None, "cell": cand.key,
               "reference": ref.key, "match_iou": match_iou,
+              **({"box_type": "rotated", "iou": "rotated"} if _rotated(ref) else {}),
               **summarise(results, ref, cand, match_iou), **_tensor_fields(ref, cand),
               **ap_delta(ref.metrics, cand.metrics, ref.class_ap, cand.class_ap),
               "settings": {"reference": ref.settings.as_dict(), "candidate": cand.settings.as_dict(),
@@ -68,6 +74,10 @@ def analyse(ref: CellData, cand: CellData, match_iou: float, batch: dict | None 
               "batch_invariance": batch, "lint": lints(ref, cand, batch),
               "notes": notes(results, ref, cand)}
     return plain(record)
+
+
+def _rotated(cell: CellData) -> bool:
+    return cell.box_type == "rotated" or any(d.rotated for d in cell.detections.values())
 
 
 def chain_sets(ref: CellData, cand: CellData) -> list[tuple[str, str, dict[int, Dets]]]:
@@ -82,7 +92,8 @@ def chain_sets(ref: CellData, cand: CellData) -> list[tuple[str, str, dict[int, 
 
 
 def image_result(image_id: int, ref: CellData, cand: CellData, chains, match_iou: float) -> ImageResult:
-    r, c = ref.detections[image_id], cand.detections.get(image_id, Dets.empty())
+    r = ref.detections[image_id]
+    c = cand.detections.get(image_id, Dets.empty(r.boxes.shape[-1]))
     final = greedy_match(r, c, match_iou)
     inner = [Stage(name, cause, dets[image_id]) for name, cause, dets in chains if image_id in dets]
     replayed = bool(chains) and image_id in chains[0][2]
@@ -91,10 +102,15 @@ def image_result(image_id: int, ref: CellData, cand: CellData, chains, match_iou
                                output_stage(cand.nms != "none", c)], final, match_iou)
     else:
         att = attribute_obvious(r, c, final, ref.settings, cand.settings)
+    angles = shifts = None
+    if r.rotated:
+        rb, cb = r.boxes[final.a_idx], c.boxes[final.b_idx]
+        angles = angle_deltas_deg(rb[:, 4], cb[:, 4])
+        shifts = np.hypot(cb[:, 0] - rb[:, 0], cb[:, 1] - rb[:, 1])
     return ImageResult(image_id, replayed, len(final.a_idx), att.missing, att.extra,
                        att.missing_steps + att.extra_steps, final.ious,
                        c.scores[final.b_idx] - r.scores[final.a_idx],
-                       len(class_flips(r, c, final, match_iou)))
+                       len(class_flips(r, c, final, match_iou)), angles, shifts)
 
 
 def _count(causes) -> dict:
@@ -123,7 +139,18 @@ def summarise(results: list[ImageResult], ref: CellData, cand: CellData, match_i
         "score_delta_hist": histogram(np.concatenate([r.score_deltas for r in results] or [[]]),
                                       SCORE_DELTA_EDGES),
         "worst_images": worst_images(results),
+        **_rotated_hists(results),
     }
+
+
+def _rotated_hists(results: list[ImageResult]) -> dict:
+    """Rotated cells: how matched pairs' angles and centres moved (#19); nothing for horizontal."""
+    if not results or results[0].angle_deltas is None:
+        return {}
+    return {"angle_delta_hist": histogram(np.concatenate([r.angle_deltas for r in results]),
+                                          ANGLE_DELTA_EDGES),
+            "center_shift_hist": histogram(np.concatenate([r.center_shifts for r in results]),
+                                           CENTER_SHIFT_EDGES)}
 
 
 def worst_images(results: list[ImageResult], n: int = WORST_IMAGES) -> list[dict]:

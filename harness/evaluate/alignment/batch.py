@@ -23,9 +23,10 @@ def image_difference(a: Dets, b: Dets) -> int:
 def batch_invariance(base: dict[int, Dets], other: dict[int, Dets], worst: int = 10) -> dict:
     """Count the images whose detections differ; the worst ones first (ties by image id)."""
     ids = list(dict.fromkeys([*base, *other]))
+    dim = next((d.boxes.shape[-1] for d in (*base.values(), *other.values())), 4)  # 5: rotated
     rows = []
     for image_id in ids:
-        a, b = base.get(image_id, Dets.empty()), other.get(image_id, Dets.empty())
+        a, b = base.get(image_id, Dets.empty(dim)), other.get(image_id, Dets.empty(dim))
         n = image_difference(a, b)
         if n:
             rows.append({"image_id": int(image_id), "unmatched": n, "base_detections": len(a),

@@ -2,7 +2,8 @@
 
 Highest scores first, each reference-side detection takes the unmatched
 other-side detection of its class with the highest IoU (at least ``min_iou``),
-like COCO evaluation matches detections to ground truth.  Optional
+like COCO evaluation matches detections to ground truth.  Rotated detection sets
+(boxes ``[cx, cy, w, h, angle]``, #19) are matched by exact rotated IoU.  Optional
 ``max_score_delta`` makes it a near-identity test (batch invariance).
 """
 from __future__ import annotations
@@ -34,6 +35,30 @@ class Match:
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(na, nb) IoU: of xyxy boxes, or of rotated ``[cx, cy, w, h, angle]`` boxes (5 columns,
+    :func:`rotated_box_iou`); two identical boxes have IoU 1 even with zero area."""
+    if a.shape[-1] == 5 or b.shape[-1] == 5:
+        return rotated_box_iou(a, b)
+    return _xyxy_iou(a, b)
+
+
+def rotated_box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(na, nb) exact polygon IoU of rotated boxes (``harness.geometry.rotated.rotated_iou``,
+    float64); identical boxes have IoU 1 even with zero area, as for xyxy boxes."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 5), np.asarray(b, np.float64).reshape(-1, 5)
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    import torch
+
+    from harness.geometry.rotated import rotated_iou
+
+    iou = rotated_iou(torch.from_numpy(a), torch.from_numpy(b)).double().numpy().copy()
+    same = (a[:, None, :] == b[None, :, :]).all(axis=2)
+    iou[same] = 1.0
+    return iou
+
+
+def _xyxy_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(na, nb) IoU of xyxy boxes; two identical boxes have IoU 1 even with zero area.
 
     Written with 2-D arrays only: it runs on thousands of boxes per image and class.

@@ -26,6 +26,7 @@ class NmsSettings:
     keep_topk: int | None  # None: no cap
     multi_label: bool = True
     yolox_style: bool = False  # YOLOX keeps every NMS survivor (no keep_topk cut)
+    rotated: bool = False  # rotated boxes: rotated NMS (#19)
 
     @classmethod
     def from_eval(cls, ev: dict) -> "NmsSettings":
@@ -38,22 +39,26 @@ class NmsSettings:
                    yolox_style=bool(ev.get("yolox_style", False)))
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.rotated:  # records of horizontal cells keep their pre-#19 shape
+            out.pop("rotated")
+        return out
 
     def test_cfg(self) -> dict:
         """An mmyolo ``test_cfg`` for :func:`harness.export.host_nms.host_postprocess`."""
         return {"multi_label": self.multi_label, "score_thr": self.score_thr,
                 "nms_pre": self.pre_topk or _NO_CAP, "max_per_img": self.keep_topk or _NO_CAP,
-                "nms": {"type": "nms", "iou_threshold": self.iou_thr}, "yolox_style": self.yolox_style}
+                "nms": {"type": "nms_rotated" if self.rotated else "nms", "iou_threshold": self.iou_thr},
+                "yolox_style": self.yolox_style}
 
     def with_step(self, step: str, other: "NmsSettings") -> "NmsSettings":
         return replace(self, **{step: getattr(other, step)})
 
 
-def effective_settings(nms: str, provenance: dict) -> NmsSettings:
+def effective_settings(nms: str, provenance: dict, rotated: bool = False) -> NmsSettings:
     """The settings that produced a cell's detections: its eval settings, or for a graph
     ending in NMS the ones baked into the graph (clamped and capped as the backend did)."""
-    s = NmsSettings.from_eval(provenance["eval"])
+    s = replace(NmsSettings.from_eval(provenance["eval"]), rotated=rotated)
     if nms == "none":
         return s
     graph = {k: v for k, v in (provenance.get("export") or {}).items()
