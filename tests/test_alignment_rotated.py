@@ -144,3 +144,15 @@ def test_compare_never_pairs_a_rotated_cell_with_a_horizontal_reference():
     assert box_type(SimpleNamespace(metrics=None, params={})) == "horizontal"  # stored before #19
     rec = _record(loader=None, cell=cand, ref=ref, reason=None, cells=[ref, cand])
     assert rec["status"] == "no reference" and "not comparable" in rec["reason"]
+
+
+def test_compare_prints_the_rotated_pairs_in_words():
+    from harness.runner.compare import rotated_summary
+
+    ref = {1: rdets((40, 40, 30, 8, 0.1, .9, 1), (90, 60, 40, 12, -1.2, .8, 2))}
+    cand = {1: rdets((40, 40, 30, 8, 0.1 + math.radians(2), .9, 1), (90, 60, 40, 12, -1.2, .8, 2))}
+    rec = an.analyse(an.CellData("ref", "none", S, ref, box_type="rotated"),
+                     an.CellData("cand", "none", S, cand, box_type="rotated"), 0.5)
+    assert rotated_summary(rec) == ["rotated boxes, matched by rotated IoU: 2 pairs; angle within "
+                                    "±0.001° for 1, ≥ 1° off for 1; centre moved < 0.002 px for 2"]
+    assert rotated_summary({"box_type": "horizontal"}) == []

@@ -1,5 +1,5 @@
 """End to end (#19): a tiny rotated matrix through `detbench run` — the trained RTMDet-R fixture on
-6 generated rotated images, the PyTorch reference and ONNX Runtime fp32 on CPU — stores rotated
+4 generated rotated images, the PyTorch reference and ONNX Runtime fp32 on CPU — stores rotated
 AP and the alignment by rotated IoU, and `show` / `export` print them.  Also: the example matrix
 matrices/rotated.yaml plans."""
 from __future__ import annotations
@@ -35,8 +35,8 @@ def test_tiny_rotated_matrix_end_to_end(tmp_path):
         f"models: [{{name: rtmdet_r_synth, config: {FIXTURE / 'config.py'}, "
         f"checkpoint: {FIXTURE / 'rtmdet_r_synth.pth'}}}]\n"
         "backends: [pytorch, onnxruntime]\nprecisions: [fp32]\nbatch_sizes: [1]\nimage_sizes: [256]\n"
-        "devices: [cpu]\ndataset: {synth: {images: 6, seed: 2, size: 256, rotated: true}}\n"
-        "timing: {warmup: 1, iterations: 3, e2e: false}\nalignment: {images: 6}\ntimeout_s: 300\n")
+        "devices: [cpu]\ndataset: {synth: {images: 4, seed: 2, size: 256, rotated: true}}\n"
+        "timing: {warmup: 1, iterations: 3, e2e: false}\nalignment: {images: 4}\ntimeout_s: 300\n")
     url = f"sqlite:///{tmp_path / 'r.db'}"
     done = run_cli("run", matrix, "--db", url, "--cache-dir", tmp_path / "cache", cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -50,7 +50,8 @@ def test_tiny_rotated_matrix_end_to_end(tmp_path):
             m = cell.metrics
             assert m["box_type"] == "rotated" and "rotated IoU" in m["metric"]
             assert cell.params["box_type"] == "rotated"
-            assert m["AP50"] >= 0.3 and m["mAP50_07"] >= 0.3  # a trained fixture, 6 images
+            # a trained fixture (random weights score 0): rotated boxes land on the ground truth
+            assert m["AP50"] >= 0.15 and m["mAP50_07"] >= 0.15
             assert cell.ap == m["AP"] and 0 < m["AP"] <= m["AP50"]
             assert "rotated IoU" in cell.provenance["eval"]["metric"]
             classes = store.class_ap(cell.id)
@@ -61,7 +62,7 @@ def test_tiny_rotated_matrix_end_to_end(tmp_path):
         rec = store.alignment(ort.id)
     assert rec["status"] == "ok" and rec["reference"] == KEYS[0], rec
     assert rec["box_type"] == "rotated" and rec["iou"] == "rotated"
-    assert rec["matched_pct"] >= 95 and rec["images_replayed"] == 6
+    assert rec["matched_pct"] >= 95 and rec["images_replayed"] == 4
     assert sum(rec["angle_delta_hist"]["counts"]) == rec["matched"] > 0
     assert sum(rec["center_shift_hist"]["counts"]) == rec["matched"]
     assert rec["tensor"]["available"] and rec["tensor_boxes_max_abs_err"] < 1e-2

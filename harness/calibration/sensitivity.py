@@ -262,23 +262,30 @@ class Evaluator:
     def _coco(self, outputs) -> tuple[list[dict], list[int]]:
         """COCO result entries of raw (boxes, scores) outputs through mmyolo's post-processing."""
         from harness.evaluate.coco_eval import to_coco_detections
+        from harness.evaluate.rotated_eval import to_rotated_coco_detections
         from harness.export.host_nms import host_postprocess
 
         boxes, scores = outputs
+        rotated = boxes.shape[-1] == 5  # a rotated model (#19): rotated NMS and rotated-IoU AP
+        to_coco = to_rotated_coco_detections if rotated else to_coco_detections
         dets, ids, offset = [], [], 0
         for x, metas, chunk_ids in self.split.batches:
             n = len(chunk_ids)
             for image_id, (b, s, l) in zip(chunk_ids, host_postprocess(
                     boxes[offset:offset + n], scores[offset:offset + n], metas, self.test_cfg)):
-                dets.extend(to_coco_detections(image_id, b.numpy(), s.numpy(), l.numpy(),
-                                               self.split.category_ids)[0])
+                dets.extend(to_coco(image_id, b.numpy(), s.numpy(), l.numpy(),
+                                    self.split.category_ids)[0])
             ids.extend(chunk_ids)
             offset += n
+        self._rotated = rotated
         return dets, ids
 
     def _evaluate(self, dets: list[dict], ids: list[int]) -> float:
         from harness.evaluate.coco_eval import evaluate
+        from harness.evaluate.rotated_eval import evaluate_rotated
 
+        if getattr(self, "_rotated", False):
+            return evaluate_rotated(self.split.ann_file, dets, ids)["stats"]["AP"]
         return evaluate(self.split.ann_file, dets, ids)["stats"]["AP"]
 
     def _differences(self, dets: list[dict], ids: list[int]) -> dict:
@@ -287,8 +294,9 @@ class Evaluator:
         from harness.evaluate.alignment.matching import greedy_match
 
         if self._fp32_dets is None:
-            self._fp32_dets = from_coco(self._coco(self.fp32_outputs())[0], ids)
-        got = from_coco(dets, ids)
+            self._fp32_dets = from_coco(self._coco(self.fp32_outputs())[0], ids,
+                                        rotated=getattr(self, "_rotated", False))
+        got = from_coco(dets, ids, rotated=getattr(self, "_rotated", False))
         missing = extra = matched = 0
         for image_id in ids:
             m = greedy_match(self._fp32_dets[image_id], got[image_id], self.match_iou)

@@ -26,8 +26,6 @@ from harness.errors import UserError
 
 METRIC = "rotated IoU: COCO-style AP 0.50:0.95 (101-point, maxDets 100); DOTA mAP50 (VOC-07 11-point and area)"
 EVALUATOR = "detbench rotated_map"
-#: stats every rotated cell has (None where undefined), besides the COCO-style ones
-DOTA_STATS = ("mAP50_07", "mAP50_area")
 
 
 def enclosing_xywh(rbox) -> list[float]:

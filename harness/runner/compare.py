@@ -239,13 +239,32 @@ def print_table(run_id: str, records: list[dict]) -> None:
         table.add_row(*(r[c] for c in COLUMNS))
     con.print(table)
     for record in records:
-        for line in [i["message"] for i in record.get("lint") or []] + (record.get("notes") or []):
+        lines = [i["message"] for i in record.get("lint") or []] + (record.get("notes") or [])
+        for line in rotated_summary(record) + lines:
             con.print(f"{record['cell']}: {line}", markup=False, highlight=False)
     for record in records:
         if record.get("int8_layers"):
             _print_int8_layers(con, record)
     if not records:
         con.print("no finished cell besides the references")
+
+
+def rotated_summary(record: dict) -> list[str]:
+    """A rotated cell's record (#19) in words: matched by rotated IoU, how far angles and centres
+    of the matched pairs moved (from its ``angle_delta_hist`` / ``center_shift_hist``)."""
+    angles, shifts = record.get("angle_delta_hist"), record.get("center_shift_hist")
+    if record.get("box_type") != "rotated" or not angles or not shifts:
+        return []
+    total = sum(angles["counts"])
+    if not total:
+        return ["rotated boxes, matched by rotated IoU: no matched pair"]
+    edges, counts = angles["edges"], angles["counts"]
+    inner = next(i for i, e in enumerate(edges) if e >= 0) - 1  # the bin around 0
+    big = sum(c for c, lo, hi in zip(counts, edges, edges[1:]) if lo >= 1.0 or hi <= -1.0)
+    still = shifts["counts"][0]
+    return [f"rotated boxes, matched by rotated IoU: {total} pairs; angle within "
+            f"±{edges[inner + 1]:g}° for {counts[inner]}, ≥ 1° off for {big}; centre moved "
+            f"< {shifts['edges'][1]:g} px for {still}"]
 
 
 def sensitivity_rows(layers: dict) -> list[dict]:
