@@ -342,10 +342,12 @@ def cmd_synth(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from harness.models.table import MODELS
+    from harness.models.table import MODELS, ROTATED_MODELS
 
     for name, cfg in MODELS.items():
         print(f"{name:16s} mmyolo::{cfg}")
+    for name, cfg in ROTATED_MODELS.items():  # needs mmrotate (scripts/install.sh) and a rotated dataset
+        print(f"{name:16s} mmyolo::{cfg}  (rotated)")
     return EXIT_OK
 
 

@@ -22,7 +22,7 @@ from harness.backends import BACKENDS
 from harness.errors import UserError
 from harness.models.mmyolo_build import check_config
 from harness.models.onnx_source import OnnxSource
-from harness.models.table import MODELS, packaged_config, resolve_config
+from harness.models.table import KNOWN_MODELS, packaged_config, resolve_config
 from harness.models.ultralytics_source import UltralyticsSource
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-mixed")
@@ -69,8 +69,8 @@ class ModelSpec(_Strict):
             return self
         if self.checkpoint is None:
             raise ValueError("`checkpoint` must be a .pth path or `random`")
-        if self.config is None and self.name not in MODELS:
-            raise ValueError(_unknown("model", self.name, MODELS, extra=" (or give `config:`)"))
+        if self.config is None and self.name not in KNOWN_MODELS:
+            raise ValueError(_unknown("model", self.name, KNOWN_MODELS, extra=" (or give `config:`)"))
         return self
 
 
@@ -541,7 +541,7 @@ def _dataset_box_type(ds: DatasetSpec, where: str, source: str) -> tuple[str, st
 
 def _packaged(name: str) -> str | None:
     """The packaged config of a table name; None where mmyolo is not installed (a cell says so)."""
-    path = packaged_config(name) if name in MODELS else None
+    path = packaged_config(name) if name in KNOWN_MODELS else None
     return None if path is None else str(path)
 
 

@@ -19,6 +19,19 @@ MODELS: dict[str, str] = {
     "rtmdet_tiny": "rtmdet/rtmdet_tiny_syncbn_fast_8xb32-300e_coco.py",
 }
 
+#: The rotated family (issue #19): RTMDet-R, (cx, cy, w, h, angle) boxes.  Kept apart from
+#: ``MODELS`` (the axis-aligned families) because a rotated model needs a rotated dataset and
+#: mmrotate (harness.compat.mmrotate_compat), and its graphs end at the decode (nms: none).
+ROTATED_MODELS: dict[str, str] = {
+    "rtmdet_r_tiny": "rtmdet/rotated/rtmdet-r_tiny_fast_1xb8-36e_dota.py",
+    "rtmdet_r_s": "rtmdet/rotated/rtmdet-r_s_fast_1xb8-36e_dota.py",
+    "rtmdet_r_m": "rtmdet/rotated/rtmdet-r_m_syncbn_fast_2xb4-36e_dota.py",
+    "rtmdet_r_l": "rtmdet/rotated/rtmdet-r_l_syncbn_fast_2xb4-36e_dota.py",
+}
+
+#: every name a matrix may give without ``config:``
+KNOWN_MODELS: dict[str, str] = {**MODELS, **ROTATED_MODELS}
+
 
 #: how `detbench models` (and mmengine's `_base_`) names a config inside the mmyolo package
 PACKAGE_PREFIX = "mmyolo::"
@@ -37,7 +50,7 @@ def packaged_config_root() -> Path | None:
 def packaged_config(name: str) -> Path | None:
     """Path of the packaged config for a table name, or None when mmyolo is absent."""
     root = packaged_config_root()
-    return None if root is None else root / MODELS[name]
+    return None if root is None else root / KNOWN_MODELS[name]
 
 
 def resolve_config(ref: str | None, base: Path) -> str | None:

@@ -63,8 +63,20 @@ def plan(matrix_path: str | Path) -> Plan:
     cells = mx.expand(m)
     for cell in cells:  # what the cell's boxes are: its metrics, series and views follow
         cell["box_type"] = box_types[cell["model"]]
+    _check_rotated(cells, box_types, str(matrix_path))
     onnx_source.apply_to_cells(cells, contracts)
     return Plan(m, text, cells, contracts)
+
+
+def _check_rotated(cells: list[dict], box_types: dict, source: str) -> None:
+    """Rotated models need mmrotate (+ e2cnn) installed, and end their graphs at the decode."""
+    from harness.compat.mmrotate_compat import require
+    from harness.trt.capability import refuse_rotated_in_graph_nms
+
+    for name, kind in box_types.items():
+        if kind == "rotated":
+            require(f"{source}: model '{name}'")
+    refuse_rotated_in_graph_nms(cells, source)
 
 
 def create_run(store, matrix_path: str | Path, cache_dir: Path, planned: Plan | None = None) -> str:

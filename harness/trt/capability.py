@@ -232,9 +232,9 @@ def rotated_nms_problem(nms: str) -> Problem | None:
         return None
     return Problem(
         "rotated_nms_plugin_absent",
-        f"nms '{nms}' is an axis-aligned NMS; a rotated model's in-graph NMS is the TensorRT plugin "
-        f"{ROTATED_NMS_PLUGIN} (mmdeploy), which is absent: "
-        f"{PLUGIN_AVAILABILITY[ROTATED_NMS_PLUGIN]}.",
+        f"nms '{nms}' is an axis-aligned NMS; a rotated model's in-graph NMS is mmdeploy's TensorRT "
+        f"plugin {ROTATED_NMS_PLUGIN}, which is absent (neither NVIDIA TensorRT's plugin library "
+        f"nor TensorRT-RTX registers it, and detbench loads no mmdeploy library).",
         "use nms: none for rotated models (decoded rotated boxes, exact rotated NMS on the host), "
         "or exclude these cells", ROTATED_NMS_PLUGIN)
 
