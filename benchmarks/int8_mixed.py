@@ -83,6 +83,16 @@ def main(argv=None) -> int:
               "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r.values()) + " |" for r in rows]
     lines += [""] + [f"- {line}" for line in layers["attribution"]]
+    evaluation = (cells["int8/onnxruntime"].provenance or {}).get("int8_attribution")
+    if evaluation:  # the int8 cell's ΔAP per layer group on its own evaluation images (#18 item 4)
+        from harness.calibration.attribution import caption, rows as attribution_rows
+
+        table = attribution_rows(evaluation)
+        lines += ["", "Attribution of the int8 cell's ΔAP on the evaluation images: " + caption(evaluation), "",
+                  "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
+        lines += ["| " + " | ".join(r.values()) + " |" for r in table]
+        result["evaluation_attribution"] = evaluation
+        Path(args.out + ".json").write_text(json.dumps(result, indent=2, default=str))
     lines += ["", "Search steps (sensitivity split):", ""]
     lines += [f"- {s['action']}: ΔAP {'—' if s['delta_ap'] is None else format(s['delta_ap'], '+.4f')}, "
               f"{s['int8_flops_fraction']:.1%} int8" for s in mix["search"]]

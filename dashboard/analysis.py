@@ -100,13 +100,13 @@ def cells_frame(cells, run_cells=None) -> pd.DataFrame:
     vary = [k for k in ("device", "nms") if frame[k].nunique() > 1]
     # a calibration study's int8 cells share their axes: the point (e.g. "cal entropy-128") tells them apart
     frame["row"] = [row_label(r.model, r.backend, r.precision, [str(getattr(r, k)) for k in vary]
-                              + ([f"cal {r.calibration}"] if r.calibration else []))
+                              + ([f"cal {r.calibration}"] if isinstance(r.calibration, str) else []))
                     for r in frame.itertuples()]
     frame["col"] = [f"b{b} · {s}px" for b, s in zip(frame["batch"], frame["imgsz"])]
     frame["config"] = frame["backend"] + " · " + frame["precision"]
     frame["series"] = [row_label(r.model, r.backend, r.precision,
                                  [f"{r.imgsz}px", *(str(getattr(r, k)) for k in vary),
-                                  *([f"cal {r.calibration}"] if r.calibration else [])])
+                                  *([f"cal {r.calibration}"] if isinstance(r.calibration, str) else [])])
                        for r in frame.itertuples()]  # one line per cell family: batch is the x-axis
     return frame
 

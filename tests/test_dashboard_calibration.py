@@ -149,3 +149,5 @@ def test_study_rows_tell_the_heatmap_rows_apart(tmp_path):
     frame = cells_frame(Store(url, readonly=True).cells(run_id))
     assert frame["row"].is_unique
     assert "yolov8_synth · onnxruntime · int8 · cal mse-128" in set(frame["row"])
+    assert "yolov8_synth · onnxruntime · fp32" in set(frame["row"])  # no point: no "cal" suffix
+    assert not any("nan" in label for label in list(frame["row"]) + list(frame["series"]))

@@ -86,8 +86,9 @@ def lines(record: dict, limit: int = 4) -> list[str]:
         diff = row["differences_recovered_fraction"]
         diff_text = "" if diff is None else f"; {diff:.0%} of the {diffs:,} differing detections too"
         if loss > 0:
+            over = " — AP above the fp32 graph's" if row["recovered_fraction"] > 1 else ""
             out.append(f"{row['recovered_fraction']:.0%} of the int8 ΔAP ({-loss:+.4f}) disappears when "
-                       f"{what} stays float ({row['flops_fraction']:.1%} of conv FLOPs; {where}{diff_text})")
+                       f"{what} stays float ({row['flops_fraction']:.1%} of conv FLOPs; {where}{diff_text}{over})")
         elif diff is not None:
             out.append(f"{diff:.0%} of the {diffs:,} differing detections disappear when {what} "
                        f"stays float ({where})")
