@@ -199,7 +199,8 @@ def render(idx: int, seed: int, size: int = 256, max_objects: int = 6, clutter: 
         if not mask.any():  # pragma: no cover - the smallest shape is 16 x 6.4 px
             mask[min(int(rbox[1]), size - 1), min(int(rbox[0]), size - 1)] = True
         colour = _synth._pick_colour(rng, canvas[mask], np)
-        _synth._paint(rng, canvas, mask, colour, np)
+        ys, xs = np.nonzero(mask)  # row-major, as the yolov8 synth paints
+        _synth._paint(rng, canvas, ys, xs, colour, np)
         owner[mask] = k
         objects.append({"cls": cls, "rbox": rbox, "corners": rbox_corners(*rbox), "mask": mask})
     visible = np.bincount(owner[owner >= 0].ravel(), minlength=n)
