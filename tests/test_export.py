@@ -179,7 +179,11 @@ def test_decode_equals_mmyolo_predict_by_feat(family, monkeypatch):
 
 def test_onnx_decode_equals_torch(family):
     boxes, scores = family.run("none")
-    _assert_boxes_close(boxes, family.boxes.numpy())
+    # YOLOv7 decodes wh as (2 * sigmoid)^2 * anchor: fp32 differences between ONNX Runtime's and
+    # torch's convolutions grow 4x through it; onnxruntime 1.32 put 2 of 8064 values 6e-4
+    # relative (0.027 px) apart, so its boxes get rtol 1e-3 (the other families keep 1e-4)
+    rtol = 1e-3 if family.name.startswith("yolov7") else BOX_RTOL
+    np.testing.assert_allclose(boxes, family.boxes.numpy(), rtol=rtol, atol=BOX_ATOL)
     np.testing.assert_allclose(scores, family.scores.numpy(), rtol=0, atol=SCORE_ATOL)
     one_boxes, one_scores = family.run("none", family.inputs[1:])  # dynamic batch
     _assert_boxes_close(one_boxes[0], boxes[1])
