@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import threading
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle")
 
@@ -142,6 +143,26 @@ def _one_image(idx: int, seed: int, size: int, max_objects: int, clutter: bool, 
 # the same stream and the same values (numpy computes ``0 + s * z``).  tests/test_synth.py
 # pins the bytes of a few images.
 
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, shape, np):
+    """A float64 work array kept for this thread's next image (its contents are garbage): fresh
+    multi-megabyte arrays per image cost page faults and cache misses."""
+    arrays = _SCRATCH.__dict__
+    arr = arrays.get(name)
+    if arr is None or arr.shape != tuple(shape):
+        arr = arrays[name] = np.empty(shape)
+    return arr
+
+
+def _per_channel(op, img, values) -> None:
+    """``img[..., c] = op(img[..., c], values[c])`` for each channel: the same element-wise result
+    as broadcasting ``values`` over the last axis, whose 3-long inner loop numpy runs slowly."""
+    for c in range(img.shape[-1]):
+        op(img[..., c], values[c], out=img[..., c])
+
+
 def _normal_into(rng, scale: float, out):
     """``out[...] = rng.normal(0, scale, out.shape)``, the same draws, without a new array."""
     rng.standard_normal(out=out)
@@ -156,7 +177,9 @@ def _background(rng, size, np, cv2):
     field = rng.uniform(-1, 1, size=(grid, grid, 3)).astype(np.float32)
     field = cv2.resize(field, (size, size), interpolation=cv2.INTER_CUBIC)
     field *= rng.uniform(10, 60)  # float32, as `field * k` was
-    img = np.add(base, field, dtype=np.float64)
+    img = _scratch("background", field.shape, np)
+    np.copyto(img, field)  # float32 -> float64, exact
+    _per_channel(np.add, img, base)  # base + field
     if rng.random() < 0.3:  # faint stripes
         period = rng.uniform(6, 40)
         angle = rng.uniform(0, np.pi)
@@ -167,8 +190,8 @@ def _background(rng, size, np, cv2):
         phase /= period
         np.sin(phase, out=phase)
         phase *= rng.uniform(5, 20)
-        img += phase[..., None]
-    img += _normal_into(rng, rng.uniform(2, 14), np.empty_like(img))
+        _per_channel(np.add, img, (phase, phase, phase))
+    img += _normal_into(rng, rng.uniform(2, 14), _scratch("noise", img.shape, np))
     np.clip(img, 0, 255, out=img)
     return img.astype(np.uint8)
 
@@ -257,15 +280,17 @@ def _paint(rng, canvas, ys, xs, colour, np):
     """Fill the pixels ``ys, xs`` with ``colour`` plus a mild linear gradient and texture noise."""
     g = rng.uniform(-0.4, 0.4, size=2)
     grad = (xs - xs.mean()) * g[0] + (ys - ys.mean()) * g[1]
-    noise = rng.normal(0, rng.uniform(0, 10), size=(len(ys), 3))
-    vals = colour[None, :] + grad[:, None] + noise
-    canvas[ys, xs] = np.clip(vals, 0, 255).astype(np.uint8)
+    vals = _normal_into(rng, rng.uniform(0, 10), np.empty((len(ys), 3)))  # the noise
+    for c in range(3):  # (colour + grad) + noise, as colour[None, :] + grad[:, None] + noise was
+        np.add(colour[c] + grad, vals[:, c], out=vals[:, c])
+    np.clip(vals, 0, 255, out=vals)
+    canvas[ys, xs] = vals.astype(np.uint8)
 
 
 def _noise_on_top(rng, canvas, np):
     """Light sensor noise over the whole image after the objects are drawn."""
     sigma = float(rng.uniform(0, 4))
-    noisy = _normal_into(rng, sigma, np.empty(canvas.shape))
+    noisy = _normal_into(rng, sigma, _scratch("noise", canvas.shape, np))
     noisy += canvas  # float64 + uint8 as float64: the same sums as canvas + noise
     np.clip(noisy, 0, 255, out=noisy)
     canvas[...] = noisy  # the same truncating cast as astype(np.uint8)
