@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     from harness.runner.compare import int8_layers, mix_summary, sensitivity_rows
     from harness.store import Store
 
-    store = Store(args.db)
+    store = Store(args.db, readonly=True)
     run = store.get_run(args.run_id or "latest")
     cells = {c.precision + "/" + c.backend: c for c in store.cells(run.id)}
     ort32 = cells["fp32/onnxruntime"].metrics["AP"]
@@ -70,8 +70,8 @@ def main(argv=None) -> int:
     Path(args.out + ".json").write_text(json.dumps(result, indent=2, default=str))
     lines = [f"# int8-mixed on the fixture ({result['date'][:10]}, {result['host']}, CPU only)", "",
              f"Run `{run.id}` of `matrices/int8_mixed.yaml`: yolov8_synth 320 px, evaluation split synth "
-             "seed 2 (100 images), calibration synth seed 3 (32 images, minmax), sensitivity split synth "
-             "seed 5 (64 images).", "",
+             "seed 2 (100 images), calibration synth seed 3 (32 images, minmax), sensitivity split "
+             f"{layers['sensitivity']['split']} ({layers['sensitivity']['images']} images).", "",
              f"**Target** {verdict['target']}: **{'met' if verdict['met'] else 'NOT met'}** — int8-mixed "
              f"ΔAP {dap:+.4f} vs ONNX Runtime fp32, {mix['int8_conv_flops_fraction']:.1%} of conv FLOPs int8.", "",
              "| cell | AP | ΔAP vs ORT fp32 | ΔAP vs PyTorch fp32 |", "|---|---|---|---|"]
