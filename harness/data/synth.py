@@ -54,13 +54,9 @@ def generate(out_dir, images: int, seed: int, size: int = 320, max_objects: int 
     if workers == 1:
         per_image = [_one_image(*a) for a in args]
     else:
-        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        # fork: no re-import of the parent's modules; "spawn" works too, only slower to start
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                          else "spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
             per_image = list(pool.map(_one_image_args, args, chunksize=max(1, images // (workers * 8))))
 
     coco_images, coco_anns = [], []
@@ -96,6 +92,20 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def pool_context():
+    """Start method of the generators' worker pools: forkserver (spawn where it is absent).
+
+    Never plain fork: a parent that has used OpenCV's thread pool (the stream's letterbox, a test
+    process) leaves its lock state in a forked child, whose ``cv2.setNumThreads(1)`` then
+    deadlocks.  Workers import only this module (numpy, cv2), so the start costs well under a
+    second, and the files do not depend on the start method (per-image random streams).
+    """
+    import multiprocessing
+
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 def _one_image_args(args):

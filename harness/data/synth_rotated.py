@@ -82,12 +82,9 @@ def generate(out_dir, images: int, seed: int, size: int = 256, max_objects: int 
     if workers == 1:
         per_image = [_one_image(*a) for a in args]
     else:
-        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                          else "spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(workers, mp_context=_synth.pool_context()) as pool:
             per_image = list(pool.map(_one_image_args, args,
                                       chunksize=max(1, images // (workers * 8))))
 
