@@ -365,7 +365,7 @@ def test_short_last_chunk_of_the_accuracy_pass_is_inside_the_profile(setup, monk
     dataset = types.SimpleNamespace(category_ids=[1, 2, 3],
                                     images=[types.SimpleNamespace(id=i) for i in ids])
     ctx = types.SimpleNamespace(cell={**runner.cell, "alignment": {"images": 0}}, dataset=dataset,
-                                input_cache=lambda pre: None)
+                                input_cache=lambda pre: None, box_type="horizontal")
     dets, dropped, _, _ = _infer_stream(runner, None, ctx)
     assert dropped == 0
     assert [d["image_id"] for d in dets] == ids  # every image once, the last four included
