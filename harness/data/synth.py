@@ -75,13 +75,19 @@ def generate(out_dir, images: int, seed: int, size: int = 320, max_objects: int 
         "info": {"description": "detbench synthetic shapes", "version": "2",
                  "seed": int(seed), "images": int(images), "size": int(size),
                  "max_objects": int(max_objects), "clutter": bool(clutter)},
-        "images": coco_images,
-        "annotations": coco_anns,
-        "categories": [{"id": i + 1, "name": c, "supercategory": "shape"}
-                       for i, c in enumerate(CLASSES)],
     }
-    path = out / "annotations.json"
-    path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+    return write_annotations(out, doc["info"], coco_images, coco_anns, CLASSES)
+
+
+def write_annotations(out, info: dict, images: list, annotations: list, classes) -> pathlib.Path:
+    """``out/annotations.json`` of a synthetic set (both generators), written atomically."""
+    from harness.fileio import atomic_write
+
+    doc = {"info": info, "images": images, "annotations": annotations,
+           "categories": [{"id": i + 1, "name": c, "supercategory": "shape"}
+                          for i, c in enumerate(classes)]}
+    path = pathlib.Path(out) / "annotations.json"
+    atomic_write(path, (json.dumps(doc, separators=(",", ":")) + "\n").encode())
     return path
 
 

@@ -116,14 +116,8 @@ def generate(out_dir, images: int, seed: int, size: int = 256, max_objects: int 
                  "box_type": "rotated", "angle_version": ANGLE_VERSION,
                  "seed": int(seed), "images": int(images), "size": int(size),
                  "max_objects": int(max_objects), "clutter": bool(clutter)},
-        "images": coco_images,
-        "annotations": coco_anns,
-        "categories": [{"id": i + 1, "name": c, "supercategory": "shape"}
-                       for i, c in enumerate(CLASSES)],
     }
-    path = out / "annotations.json"
-    path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
-    return path
+    return _synth.write_annotations(out, doc["info"], coco_images, coco_anns, CLASSES)
 
 
 def rbox_corners(cx: float, cy: float, w: float, h: float, angle: float) -> list[float]:
