@@ -347,7 +347,7 @@ def test_short_last_chunk_of_the_accuracy_pass_is_inside_the_profile(setup, monk
     20 images at batch 8 (8, 8, 4): the engine profile must take the short last chunk.
     """
     import harness.models.stream as stream_mod
-    from harness.runner.worker import _infer_stream
+    from harness.runner.worker import _entries, _infer_stream
 
     class Chunks:  # BatchStream's batching (contiguous, in order, last one short), no decoding
         def __init__(self, dataset, pre, batch, device, cache=None, **kw):
@@ -366,8 +366,9 @@ def test_short_last_chunk_of_the_accuracy_pass_is_inside_the_profile(setup, monk
                                     images=[types.SimpleNamespace(id=i) for i in ids])
     ctx = types.SimpleNamespace(cell={**runner.cell, "alignment": {"images": 0}}, dataset=dataset,
                                 input_cache=lambda pre: None, box_type="horizontal")
-    dets, dropped, _, _ = _infer_stream(runner, None, ctx)
-    assert dropped == 0
+    rows, dropped, _, _ = _infer_stream(runner, None, ctx)
+    assert dropped == 0 and rows.shape == (20, 7)  # a horizontal cell collects to_coco_rows arrays
+    dets = _entries(rows)
     assert [d["image_id"] for d in dets] == ids  # every image once, the last four included
     for d in dets:
         v = d["image_id"]

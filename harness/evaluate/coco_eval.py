@@ -120,11 +120,14 @@ EVALUATORS = ("pycocotools", "faster-coco-eval")
 
 
 def evaluate(ann_file: str | Path, detections, image_ids: list[int],
-             evaluator: str = "pycocotools") -> dict:
+             evaluator: str = "pycocotools", *, copy: bool = True) -> dict:
     """Run COCOeval on the given images; returns stats, per-class AP and the log text.
 
     ``detections``: COCO json entries, or the (N, 7) rows of :func:`to_coco_rows`
     (turned into the same entries here: the statistics are identical).
+
+    ``copy=False``: the caller's entries may be handed to ``loadRes`` as they are (it adds
+    ``area``/``id`` keys to them); by default it gets a copy.
 
     ``evaluator``: ``pycocotools`` (the reference) or ``faster-coco-eval`` (its
     C++ reimplementation, same 12 statistics and precision array; tested equal to
@@ -149,7 +152,7 @@ def evaluate(ann_file: str | Path, detections, image_ids: list[int],
             detections = rows_to_detections(detections)
             fresh = True
         else:
-            fresh = False
+            fresh = not copy
         if not detections:  # nothing found: 0 where there was something to find, else undefined
             present = _gt_present(gt, image_ids)
             stats = {name: (0.0 if present[_area(name)] else None) for name in STAT_NAMES}
