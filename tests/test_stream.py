@@ -227,6 +227,7 @@ def test_long_lived_objects_are_frozen_for_the_pass_only():
 
     from harness.models.stream import BatchStream
 
+    gc.unfreeze()  # a clean start (the lent GPU machine's Python starts with objects frozen)
     assert gc.get_freeze_count() == 0
     stream = BatchStream(_CountingDataset(20), _FakePre(), 8, "cpu", workers=2, prefetch=1)
     counts = [gc.get_freeze_count() for _ in stream]
@@ -236,3 +237,25 @@ def test_long_lived_objects_are_frozen_for_the_pass_only():
         for _ in BatchStream(_CountingDataset(20), _FakePre(), 8, "cpu", workers=2, prefetch=1):
             raise RuntimeError("device failed")
     assert gc.get_freeze_count() == 0
+
+
+def test_the_pass_freezes_even_when_something_froze_objects_before():
+    """The lent H200's Python starts with a few hundred objects frozen: the pass ran there with
+    full collections (``gc_frozen: False``).  It now freezes anyway and, not being the first
+    freezer, leaves the permanent generation as it found it or larger, never thawed."""
+    import gc
+
+    from harness.models.stream import BatchStream
+
+    gc.unfreeze()
+    gc.freeze()  # someone else's freeze, before the pass
+    try:
+        before = gc.get_freeze_count()
+        keep = [[i] for i in range(5000)]  # tracked objects created after that freeze
+        stream = BatchStream(_CountingDataset(20), _FakePre(), 8, "cpu", workers=2, prefetch=1)
+        counts = [gc.get_freeze_count() for _ in stream]
+        assert stream.stats["gc_frozen"] is True
+        assert min(counts) >= before + len(keep)  # this pass froze the newer objects too
+        assert gc.get_freeze_count() >= before  # and did not thaw the earlier owner's objects
+    finally:
+        gc.unfreeze()

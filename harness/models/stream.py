@@ -50,23 +50,29 @@ def _return_large_blocks_to_the_os() -> bool:
         return False
 
 
-def _freeze_long_lived() -> bool:
+def _freeze_long_lived() -> tuple[bool, bool]:
     """Exempt every object that exists now from the cyclic GC while the pass runs (``gc.freeze``).
 
     The worker holds several hundred thousand long-lived objects (torch, mm* modules, the
     model); the pass allocates hundreds of thousands more (one COCO entry per detection),
     which triggers full collections that walk them all.  In a process with torch and the
     mm* stack imported, building 220,000 COCO entries took 6.2 s with the GC as is and 2.7 s
-    with those objects frozen (the same as with the GC off; CPU machine).  ``gc.unfreeze``
-    at the end puts them back.  False (nothing done) when the GC is off or something else
-    froze objects already.
+    with those objects frozen (the same as with the GC off; CPU machine).
+
+    Returns ``(frozen, unfreeze_after)``.  Nothing is done when the GC is off.  When
+    nothing was frozen before, ``gc.unfreeze`` at the end puts everything back.  When
+    something else froze objects already (the lent GPU machine's Python starts with a
+    few hundred frozen: its pass then ran with full collections), the pass still freezes,
+    and leaves the permanent generation as it is afterwards: ``gc.unfreeze`` cannot give
+    back only this pass's objects, and thawing the others would undo their owner's choice.
     """
     import gc
 
-    if not gc.isenabled() or gc.get_freeze_count():
-        return False
+    if not gc.isenabled():
+        return False, False
+    before = gc.get_freeze_count()
     gc.freeze()
-    return True
+    return True, before == 0
 
 
 def default_workers() -> int:
@@ -115,7 +121,7 @@ class BatchStream:
                                   name="detbench-feeder")
         feeder.start()
         state = {"ahead": None, "ended": False, "current": None, "sized": False}
-        frozen = _freeze_long_lived()
+        frozen, unfreeze = _freeze_long_lived()
         self.stats["gc_frozen"] = frozen
 
         def take():
@@ -169,7 +175,7 @@ class BatchStream:
                 yield prepared
                 del prepared
         finally:
-            if frozen:
+            if unfreeze:
                 import gc
 
                 gc.unfreeze()
