@@ -55,6 +55,33 @@ def test_split_preprocessing_equals_one_shot(config):
                  expected)
 
 
+@pytest.mark.parametrize("config", [str(FIXTURE / "config.py"), "yolox_tiny", "ppyoloe_plus_s", "rtmdet_tiny"],
+                         ids=["letterbox", "yolox_resize_pad", "ppyoloe_fixed", "rtmdet_mean_std"])
+def test_tensor_collate_equals_mmdet_data_preprocessor(config):
+    """The consumer thread's collate (no DetDataSample per image) == mmdet's own data
+    preprocessor on the same stacked batch, bit for bit; it is taken wherever the model's
+    preprocessor class allows it (the families detbench's matrices use most)."""
+    from harness.models.preprocess import _tensor_collatable
+
+    pre = _pre(config)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (333, 201, 3), dtype=np.uint8) for _ in range(3)]
+    parts = [pre.prepare_one(img, i) for i, img in enumerate(images)]
+    stacked = torch.from_numpy(np.stack([p[0] for p in parts]))
+    metas = [p[1] for p in parts]
+    reference = pre._collate_mm(stacked, metas, [0, 1, 2])
+    fast = pre._collate_tensor(stacked, metas)
+    if type(pre.data_preprocessor) in _tensor_collatable():
+        assert fast is not None
+        _assert_same(pre.collate(stacked, metas, [0, 1, 2]), reference)
+        odd = torch.nn.functional.pad(stacked, (0, 5, 0, 3))  # not a multiple of any divisor
+        _assert_same(pre.collate(odd, metas, [0, 1, 2]), pre._collate_mm(odd, metas, [0, 1, 2]))
+    else:
+        assert fast is None  # another preprocessor class: mmdet's own path
+    assert any(type(_pre(c).data_preprocessor) in _tensor_collatable()
+               for c in (str(FIXTURE / "config.py"), "rtmdet_tiny"))
+
+
 def _dataset(images_dir, ann):
     from harness.data.coco import CocoDataset
 

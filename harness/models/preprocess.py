@@ -68,6 +68,45 @@ class Preprocessor:
 
     def collate(self, inputs, metas: list[dict], image_ids: list[int]) -> Prepared:
         """The data preprocessor on a stacked ``(N, 3, H, W)`` uint8 tensor (any device) or a list."""
+        fast = self._collate_tensor(inputs, metas)
+        if fast is not None:
+            return Prepared(fast[0], fast[1], list(image_ids))
+        return self._collate_mm(inputs, metas, image_ids)
+
+    def _collate_tensor(self, inputs, metas: list[dict]):
+        """mmdet's ``DetDataPreprocessor.forward(training=False)`` on a stacked tensor, without
+        building a ``DetDataSample`` per image (3.6 ms of Python per batch of 32 on the H200
+        pass, the consumer thread's second cost after the model): the same tensor operations
+        in the same order (``cast_data``, channel flip, ``float()``, ``(x - mean) / std``, the
+        divisor pad) and the same two metainfo keys.  Only for the two preprocessor classes
+        whose inference path is exactly that (mmdet's ``DetDataPreprocessor`` and mmyolo's
+        ``YOLOv5DetDataPreprocessor``, which defers to it when not training); None otherwise
+        (the caller then runs mmdet's own).  tests/test_stream.py compares it with mmdet's."""
+        import math
+
+        import torch
+        import torch.nn.functional as F
+
+        dp = self.data_preprocessor
+        if type(dp) not in _tensor_collatable() or not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
+            return None
+        x = inputs.to(dp.device, non_blocking=dp._non_blocking)  # BaseDataPreprocessor.cast_data
+        if dp._channel_conversion:
+            x = x[:, [2, 1, 0], ...]
+        x = x.float()
+        if dp._enable_normalize:
+            x = (x - dp.mean) / dp.std
+        div = dp.pad_size_divisor
+        h, w = x.shape[2:]
+        pad_h, pad_w = math.ceil(h / div) * div - h, math.ceil(w / div) * div - w
+        x = F.pad(x, (0, pad_w, 0, pad_h), "constant", dp.pad_value)
+        # DetDataPreprocessor._get_pad_shape (default_collate branch) and batch_input_shape
+        pad_shape = (int(math.ceil(inputs.shape[2] / div)) * div, int(math.ceil(inputs.shape[3] / div)) * div)
+        batch_input_shape = tuple(x[0].size()[-2:])
+        return x, [{**m, "batch_input_shape": batch_input_shape, "pad_shape": pad_shape} for m in metas]
+
+    def _collate_mm(self, inputs, metas: list[dict], image_ids: list[int]) -> Prepared:
+        """The data preprocessor itself, one ``DetDataSample`` per image (the reference path)."""
         from mmdet.structures import DetDataSample
 
         samples = [DetDataSample(metainfo=m) for m in metas]
@@ -85,3 +124,10 @@ class Preprocessor:
                     ("mmcv-lite", "mmcv", "mmdet", "mmyolo", "opencv-python", "numpy")}
         text = json.dumps([self._steps, self._dp_cfg, versions], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _tensor_collatable() -> tuple:
+    from mmdet.models.data_preprocessors import DetDataPreprocessor
+    from mmyolo.models.data_preprocessors import YOLOv5DetDataPreprocessor
+
+    return DetDataPreprocessor, YOLOv5DetDataPreprocessor
