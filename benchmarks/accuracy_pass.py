@@ -117,7 +117,8 @@ def _case(case: str, args, work: Path) -> dict:
                              "log_tail": (cell.log_tail or "")[-2000:]}
             continue
         st = res.get("stage_times", {})
-        model_ips = cell.latency["throughput_ips"]
+        model_ips = cell.latency["throughput_ips"]  # batch / median latency (the stored figure)
+        model_ips_mean = cell.latency["batch"] * 1000.0 / cell.latency["mean_ms"]  # batch / mean latency
         pass_ips = images / st["infer"]
         rows[attempt] = {
             "status": "ok", "run": got["run"], "AP": cell.metrics["AP"], "AP50": cell.metrics["AP50"],
@@ -126,6 +127,8 @@ def _case(case: str, args, work: Path) -> dict:
             "model_only_ips": round(model_ips, 1), "model_region": cell.latency.get("region"),
             "model_median_ms": round(cell.latency["median_ms"], 3),
             "accuracy_pass_ips": round(pass_ips, 1), "ratio": round(pass_ips / model_ips, 3),
+            "model_only_ips_mean": round(model_ips_mean, 1), "ratio_mean": round(pass_ips / model_ips_mean, 3),
+            "model_cv": round(cell.latency["cv"], 3),
             "stage_s": st, "cell_duration_s": round(cell.duration_s, 2),
             "cell_wall_s_incl_spawn": round(r.wall_s, 2),
             "fixed_overhead_s": round(st.get("startup", 0) + st.get("load", 0), 2),
@@ -151,10 +154,11 @@ def _cpu_figures(work: Path) -> dict:
 def _markdown(doc: dict) -> str:
     lines = [f"# Accuracy pass — {doc['card']} — {doc['date']}", "",
              f"detbench {doc['git']}, evaluator {doc['evaluator']}, command: `{doc['command']}`", "",
-             "| case | cache | images | model-only img/s | accuracy-pass img/s | ratio | cell s | "
+             "| case | cache | images | model-only img/s | accuracy-pass img/s | ratio | model-only img/s "
+             "(mean) | ratio (mean) | model CV | cell s | "
              "startup s | load s (warm-up s) | infer s | model+post s | to_coco s | wait s | eval s | "
              "measure s | peak RSS MB | AP | detections |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in doc["cases"]:
         for attempt in ("cold", "warm"):
             r = c.get(attempt)
@@ -167,7 +171,8 @@ def _markdown(doc: dict) -> str:
             s, st = r["stage_s"], r.get("input_stream") or {}
             warm = f" ({r['warmup_s']})" if r.get("warmup_s") is not None else ""
             lines.append(f"| {c['case']} ({c['imgsz']} px) | {attempt} | {c['images']} | {r['model_only_ips']} | "
-                         f"{r['accuracy_pass_ips']} | {r['ratio']} | {r['cell_duration_s']} | "
+                         f"{r['accuracy_pass_ips']} | {r['ratio']} | {r.get('model_only_ips_mean', '')} | "
+                         f"{r.get('ratio_mean', '')} | {r.get('model_cv', '')} | {r['cell_duration_s']} | "
                          f"{s.get('startup', '')} | {s.get('load', '')}{warm} | {s.get('infer', '')} | "
                          f"{st.get('model_post_s', '')} | {st.get('to_coco_s', '')} | {st.get('wait_s', '')} | "
                          f"{s.get('eval', '')} | {s.get('measure', '')} | {r['peak_rss_mb']} | {r['AP']:.4f} | "
@@ -178,7 +183,10 @@ def _markdown(doc: dict) -> str:
     if doc.get("cpu_figures"):
         lines += ["", f"CPU figures: {json.dumps(doc['cpu_figures'])}"]
     lines += ["", "model-only = the measure stage's CUDA-event throughput (region `model+decode`: input "
-              "tensor on the device → decoded boxes + scores); accuracy pass = images ÷ the `infer` "
+              "tensor on the device → decoded boxes + scores), batch ÷ median latency as stored with the "
+              "cell (the issue's figure); (mean) = batch ÷ mean latency, the sustained rate, which is what "
+              "the pass's images ÷ seconds is: eager PyTorch's latency is skewed (see model CV), so the two "
+              "differ; accuracy pass = images ÷ the `infer` "
               "stage's wall seconds (streamed decode + preprocess + model + batched GPU NMS + COCO "
               "conversion); cold = the preprocessed-input cache was empty, warm = a second cell of the "
               "same size (cache hit).  model+post / to_coco / wait: the infer stage's parts (runner.infer "
