@@ -52,7 +52,8 @@ RUNS = {
 }
 
 
-@pytest.fixture(scope="module", params=list(RUNS))
+@pytest.fixture(scope="module", params=[n if n == "fixture" else pytest.param(n, marks=pytest.mark.slow)
+                                        for n in RUNS])  # yolov6 random weights: the slow tier
 def run(request, tmp_path_factory):
     from harness.runner.compare import alignments_for
     from harness.store import Store

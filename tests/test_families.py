@@ -9,6 +9,7 @@ from harness.models.table import MODELS
 pytestmark = pytest.mark.skipif(not has_module("mmyolo"), reason="needs the mmyolo stack (extra 'mmyolo')")
 
 
+@pytest.mark.slow  # one cell per family on CPU (~60 s on 2 cores)
 def test_every_family_runs_in_a_cpu_matrix(tmp_path):
     models = "\n".join(f"  - {{name: {name}, checkpoint: random}}" for name in MODELS)
     (tmp_path / "m.yaml").write_text(f"""

@@ -77,6 +77,7 @@ def test_fp16_and_int8_run_and_report_ap(main_cells):
     assert int8.provenance["calibration_cache_sha256"]
 
 
+@pytest.mark.slow  # two more int8 cells (~25-75 s each on 2 cores); minmax is in the default suite
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_other_calibration_methods_run_and_change_scales(tmp_path, main_cells, method):
     cells = run_matrix(tmp_path, matrix("[onnxruntime]", "[int8]", method))

@@ -49,6 +49,7 @@ def test_aborting_cell_is_recorded_failed_with_stage_and_others_finish(workspace
     assert by_batch[1].status == by_batch[3].status == "ok"
 
 
+@pytest.mark.slow  # waits out a 40 s cell timeout (the slow tier); Ray's: tests/test_ray.py, default suite
 def test_hanging_cell_times_out(workspace):
     (workspace / "m.yaml").write_text(MATRIX.replace("[1, 2, 3]", "[1]") + "timeout_s: 40\n")
     r = run_cli("run", "m.yaml", cwd=workspace, env={"DETBENCH_FAULT": "@eval:hang"})

@@ -43,7 +43,9 @@ def build_outcome(cell, cache):
     return "built", runner.info.facts["engine"], runner
 
 
-@pytest.mark.parametrize("model", list(MODELS))
+# yolov8_n in the default suite; the other families (15-33 s each on 2 cores) in the slow tier
+@pytest.mark.parametrize("model", [m if m == "yolov8_n" else pytest.param(m, marks=pytest.mark.slow)
+                                   for m in MODELS])
 def test_family_builds_or_says_why(model, tmp_path, record_property):
     table = {}
     for cell in cells_for(model, tmp_path):
