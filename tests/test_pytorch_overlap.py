@@ -65,6 +65,7 @@ def test_overlapped_pass_equals_plain_and_host(tmp_path):
         host.extend(host_postprocess(boxes.cpu(), scores.cpu(), prepared.metas, runner.test_cfg))
     assert ids == [im.id for im in ctx.dataset.images]
     assert jobs == [False] + [True] * 5  # every batch after the first was queued ahead
+    assert runner._pool is not None  # the NMS of a batch with a look-ahead ran on the helper thread
     assert sum(len(d.scores) for d in overlapped) > 0
     for a, b, (hb, hs, hl) in zip(overlapped, plain, host):
         for x, y in ((a.boxes, b.boxes), (a.scores, b.scores), (a.labels, b.labels)):
@@ -72,3 +73,4 @@ def test_overlapped_pass_equals_plain_and_host(tmp_path):
         assert np.array_equal(a.boxes, hb.numpy()) and np.array_equal(a.scores, hs.numpy())
         assert np.array_equal(a.labels, hl.numpy())
     runner.close()
+    assert runner._pool is None

@@ -16,8 +16,10 @@ On CUDA, ``infer`` overlaps batches when the stream offers a look-ahead
 (``Prepared.peek``, :class:`harness.models.stream.BatchStream`): it queues the
 next batch's model on the main stream before finishing this one, whose NMS
 runs on a side stream (after an event on its model outputs) and whose results
-come back in one non-blocking copy into pinned memory.  The host's work on
-this batch (COCO conversion) then overlaps the device's work on the next.
+come back in one non-blocking copy into pinned memory; that NMS is launched from
+a helper thread while this thread queues the next model (both CPU-bound launch
+work that overlaps because torch releases the GIL inside each op).  The host's
+work on this batch (COCO conversion) then overlaps the device's work on the next.
 ``load`` runs the model and NMS once at the pass's batch shapes (``warmup_s``
 in the facts): CUDA's lazy kernel loading and cuDNN's per-shape heuristics
 are paid there, not inside the accuracy pass.  Results are those of the plain
@@ -47,6 +49,7 @@ class PyTorchRunner(Runner):
         self.info.facts.update({"dtype": str(self.dtype), "device": device})
         self._cuda = device.startswith("cuda")
         self._ahead = None  # (Prepared, job) queued by the look-ahead
+        self._pool = None  # the NMS helper thread of the overlapped pass (made on first use)
         if self._cuda:
             self._warmup()
 
@@ -128,9 +131,25 @@ class PyTorchRunner(Runner):
             self._launch(prepared.inputs, prepared.metas)
         peek = getattr(prepared, "peek", None)
         nxt = peek() if peek is not None else None
-        if nxt is not None:  # the next batch's model is queued before this one is finished
+        if nxt is None:
+            return self._finish(job)
+        # This batch's NMS is launched by a helper thread while this thread queues the next
+        # batch's model: both are CPU-bound kernel launching (an eager model of small kernels
+        # and ~100 small NMS ops), and torch releases the GIL inside each op's dispatch, so
+        # the two overlap.  Streams are per thread: the NMS runs on the side stream after the
+        # model's event, exactly as when called here; results and errors come back through
+        # the future (tests/test_pytorch_overlap.py: equal to the plain path).
+        pool = self._pool
+        if pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detbench-nms")
+        finished = pool.submit(self._finish, job)
+        try:
             self._ahead = (nxt, self._launch(nxt.inputs, nxt.metas))
-        return self._finish(job)
+        finally:
+            dets = finished.result()
+        return dets
 
     def _launch(self, inputs, metas):
         """Queue the model on the current stream; returns what ``_finish`` needs."""
@@ -156,7 +175,8 @@ class PyTorchRunner(Runner):
         if side is None or side.device != boxes.device:
             side = self._side = torch.cuda.Stream(device=boxes.device)
         side.wait_event(done)
-        with torch.cuda.stream(side), torch.inference_mode():
+        # the calling thread's current device too (a helper thread starts on device 0)
+        with torch.cuda.device(boxes.device), torch.cuda.stream(side), torch.inference_mode():
             boxes.record_stream(side)
             scores.record_stream(side)
             outs = batched_postprocess(boxes, scores, metas, self.test_cfg)
@@ -197,5 +217,8 @@ class PyTorchRunner(Runner):
         return boxes.float().cpu().numpy(), scores.float().cpu().numpy()
 
     def close(self) -> None:
+        pool, self._pool = getattr(self, "_pool", None), None
+        if pool is not None:
+            pool.shutdown(wait=True)
         self.model = self.head = self._deploy = None
         self._ahead = None
