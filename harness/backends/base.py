@@ -75,6 +75,10 @@ class Runner:
         return None
 
     def infer(self, prepared) -> list[Detections]:
+        """Model + postprocessing of one batch.  The arrays returned belong to the caller: a
+        later call must not overwrite them (the accuracy pass converts a batch's detections on
+        a helper thread while the next batch runs), so a runner with reused output buffers
+        hands out copies."""
         return self.postprocess(self.forward(prepared.inputs), prepared.metas)
 
     def close(self) -> None:

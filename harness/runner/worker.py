@@ -214,36 +214,47 @@ def _infer_stream(runner, pre, ctx):
     out, dropped, seen = [], 0, 0
     boxes, scores, metas, capture = [], [], [], keep > 0
     infer_s = convert_s = 0.0
-    for prepared in stream:
-        if capture and seen < keep:
-            dec = runner.decoded(prepared)
-            if dec is None:
-                capture = False
+    # a horizontal cell's rows are made by one helper thread (numpy; this thread goes back to
+    # the device at once); their order is the batches' order, errors are raised at the end
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = None if rotated else ThreadPoolExecutor(max_workers=1, thread_name_prefix="detbench-coco")
+    try:
+        for prepared in stream:
+            if capture and seen < keep:  # the alignment tensors: model outputs before NMS
+                dec = runner.decoded(prepared)
+                if dec is None:
+                    capture = False
+                else:
+                    take = min(keep - seen, len(prepared.image_ids))
+                    boxes.append(dec[0][:take])
+                    scores.append(dec[1][:take])
+                    metas.extend(_plain_meta(m) for m in prepared.metas[:take])
+            t0 = time.perf_counter()
+            dets = runner.infer(prepared)  # model + postprocessing, results on the host
+            t1 = time.perf_counter()
+            if rotated:
+                for image_id, d in zip(prepared.image_ids, dets):
+                    entries, n = to_coco(image_id, d, cats)
+                    out.extend(entries)
+                    dropped += n
             else:
-                take = min(keep - seen, len(prepared.image_ids))
-                boxes.append(dec[0][:take])
-                scores.append(dec[1][:take])
-                metas.extend(_plain_meta(m) for m in prepared.metas[:take])
-        t0 = time.perf_counter()
-        dets = runner.infer(prepared)  # model + postprocessing, results on the host
+                rows.append(pool.submit(to_coco_rows, prepared.image_ids, dets, cats))
+            infer_s += t1 - t0
+            convert_s += time.perf_counter() - t1
+            seen += len(prepared.image_ids)
         t1 = time.perf_counter()
-        if rotated:
-            for image_id, d in zip(prepared.image_ids, dets):
-                entries, n = to_coco(image_id, d, cats)
-                out.extend(entries)
-                dropped += n
-        else:
-            part, n = to_coco_rows(prepared.image_ids, dets, cats)
-            rows.append(part)
-            dropped += n
-        infer_s += t1 - t0
+        if not rotated:
+            parts = [f.result() for f in rows]
+            dropped += sum(n for _, n in parts)
+            out = np.concatenate([r for r, _ in parts]) if parts else np.zeros((0, 7))
         convert_s += time.perf_counter() - t1
-        seen += len(prepared.image_ids)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     stats = {k: (round(v, 4) if isinstance(v, float) else v)
              for k, v in {**stream.stats, "model_post_s": infer_s, "to_coco_s": convert_s}.items()}
     decoded = _save_decoded(ctx, boxes, scores, metas) if capture and boxes else {}
-    if not rotated:
-        out = np.concatenate(rows) if rows else np.zeros((0, 7))
     return out, dropped, decoded, stats
 
 
