@@ -599,3 +599,47 @@ def test_pytorch_and_onnxruntime_run_a_rotated_cell_end_to_end(mm, tmp_path):
         assert len({round(e["rbox"][4], 3) for e in entries}) > 1  # angles vary
     assert abs(len(dets["pytorch"]) - len(dets["onnxruntime"])) <= 1
     assert rec["status"] == "ok" and rec["matched_pct"] >= 95, rec
+
+
+def test_a_process_prepared_for_horizontal_models_skips_mmrotate_and_refuses_a_rotated_build():
+    """prepare_mm(rotated=False) (a run with no rotated cell: the zygote, a spawned worker) never
+    imports mmrotate or e2cnn; asking such a process for a rotated model is a loud internal
+    error; the default prepares everything; a horizontal matrix's zygote leaves mmrotate out."""
+    code = (
+        "import sys\n"
+        "from harness.models.mmyolo_build import prepare_mm\n"
+        "prepare_mm(rotated=False)\n"
+        "import mmyolo.models\n"
+        "assert 'mmrotate' not in sys.modules and 'e2cnn' not in sys.modules, 'mmrotate imported'\n"
+        "prepare_mm(rotated=False); prepare_mm()  # idempotent, keeps what is prepared\n"
+        "assert 'e2cnn' not in sys.modules\n"
+        "try:\n"
+        "    prepare_mm(rotated=True)\n"
+        "except RuntimeError as exc:\n"
+        "    print('refused:', exc)\n"
+        "else:\n"
+        "    raise SystemExit('a rotated prepare after a horizontal one was not refused')\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "refused: mmyolo was prepared in this process without mmrotate" in r.stdout
+    full = subprocess.run([sys.executable, "-c", "import sys\nfrom harness.models.mmyolo_build import "
+                           "prepare_mm\nprepare_mm()\nassert 'mmrotate.models' in sys.modules\n"
+                           "prepare_mm(rotated=True)\n"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+
+def test_the_zygote_prepares_mmrotate_only_for_a_run_with_a_rotated_cell(tmp_path):
+    from harness.runner.zygote import _any_rotated
+
+    fixtures = ROOT / "fixtures"
+    assert _any_rotated([str(fixtures / "yolov8_synth" / "config.py")]) is False
+    assert _any_rotated([str(fixtures / "yolov8_synth" / "config.py"),
+                         str(fixtures / "rtmdet_r_synth" / "config.py")]) is True
+    assert _any_rotated([]) is False
+    from harness import matrix as mx
+    from harness.runner.zygote import preload_spec
+
+    m, _ = mx.load(_matrix(tmp_path))  # a packaged rotated model named without config:
+    spec = preload_spec(mx.expand(m))
+    assert any("rtmdet-r_tiny" in c for c in spec["configs"]) and _any_rotated(spec["configs"])
