@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
         result["evaluation_attribution"] = evaluation
         Path(args.out + ".json").write_text(json.dumps(result, indent=2, default=str))
     lines += ["", "Search steps (sensitivity split):", ""]
-    lines += [f"- {s['action']}: ΔAP {'—' if s['delta_ap'] is None else format(s['delta_ap'], '+.4f')}"
+    lines += [f"- {s['action']} (float: {', '.join(s['kept_float']) or 'none'}): ΔAP {'—' if s['delta_ap'] is None else format(s['delta_ap'], '+.4f')}"
               + ("" if "se" not in s else f" ± {s['se']:.4f} (95% CI [{s['ci_low']:+.4f}, {s['ci_high']:+.4f}])")
               + ("" if "criterion" not in s else
                  f", criterion {s['criterion']:+.4f} ({'meets' if s['meets_budget'] else 'misses'} −{mix['ap_budget']})")
@@ -128,6 +129,11 @@ def main(argv=None) -> int:
     if mix.get("criterion"):
         lines += ["", f"Search criterion: {mix['criterion']} (SE: paired bootstrap over the sensitivity "
                       f"split's images)."]
+    lines += ["", f"Made by `PYTHONPATH=$PWD python3 benchmarks/int8_mixed.py --db {args.db}"
+                  + (f" --run-id {args.run_id}` (the run: `python3 -m harness.cli run matrices/int8_mixed.yaml "
+                     "--cache-dir .detbench`)" if args.run_id else "`") + " on a CPU-only host "
+                  f"({os.cpu_count()} cores, shared with other jobs: the cells' latencies are not "
+                  "claimed, only AP)."]
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if verdict["met"] else 1
@@ -161,7 +167,8 @@ def _evaluation_interval(record, float_groups, cell_delta):
             return None
         d, se, ci = row["delta_ap"], row["delta_ap_se"], row["delta_ap_ci"]
     return {"delta_ap": d, "se": se, "ci_low": ci[0], "ci_high": ci[1], "images": record["images"],
-            "bootstrap": record.get("bootstrap"), "equals_cell_delta": abs(d - cell_delta) < 1e-6}
+            "bootstrap": record.get("bootstrap"), "cell_delta_ap": cell_delta,
+            "equals_cell_delta": round(d, 4) == round(cell_delta, 4)}  # as printed
 
 
 if __name__ == "__main__":
