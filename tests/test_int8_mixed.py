@@ -174,6 +174,9 @@ def test_attribution_sentence_names_the_group_and_share():
     assert attribution_lines(table) == [
         "72% of the int8 ΔAP (-0.0100) disappears when backbone.stage2 stays float (7.8% of conv "
         "FLOPs; sensitivity split, 64 images)"]
+    table["rows"][0].update({"leave_out_delta_ap": -0.0028, "leave_out_se": 0.0021})
+    assert attribution_lines(table)[0].endswith(
+        "sensitivity split, 64 images; leave-this-out ΔAP -0.0028 ± 0.0021 SE)")
 
 
 # ---------------------------------------------------------------- bad input: the sensitivity split
@@ -363,13 +366,16 @@ def test_compare_prints_the_ranked_table_and_the_mix(capsys):
 
 def test_compare_shows_the_bootstrap_interval_and_the_criterion():
     from harness.calibration.attribution import caption, rows
-    from harness.runner.compare import int8_layers, mix_summary
+    from harness.runner.compare import int8_layers, mix_summary, sensitivity_rows
 
     prov = _provenance()
     prov["int8_sensitivity"].update({"int8_delta_ap_se": 0.0021, "int8_delta_ap_ci": [-0.014, -0.006],
                                      "bootstrap": {"samples": 500, "seed": 0, "level": 0.95}})
     prov["int8_mixed"].update({"criterion": "ΔAP − 1 × SE ≥ −0.003", "sensitivity_delta_ap_se": 0.0008,
                                "sensitivity_delta_ap_ci": [-0.0036, -0.0005]})
+    prov["int8_sensitivity"]["rows"][0]["leave_out_se"] = 0.0019
+    shown = sensitivity_rows(int8_layers(prov))
+    assert shown[0]["± SE (left float)"] == "0.0019" and shown[1]["± SE (left float)"] == "—"
     text = mix_summary(int8_layers(prov))
     assert "ΔAP -0.0100 ± 0.0021 (SE; 95% CI [-0.0140, -0.0060])" in text
     assert "paired bootstrap over images, 500 resamples, seed 0" in text
@@ -421,6 +427,9 @@ def test_onnxruntime_int8_mixed_cell_end_to_end(tmp_path):
     assert table["bootstrap"] == {"samples": 500, "seed": 0, "level": 0.95}
     lo, hi = table["int8_delta_ap_ci"]
     assert lo <= hi and table["int8_delta_ap_se"] >= 0
+    for row in table["rows"]:  # each group's leave-this-out ΔAP with its interval
+        if row["convs"]:
+            assert row["leave_out_ci"][0] <= row["leave_out_ci"][1] and row["leave_out_se"] >= 0
     assert mix["criterion"] == "ΔAP − 1 × SE ≥ −0.0"
     assert mix["sensitivity_criterion"] == pytest.approx(mix["sensitivity_delta_ap"] - mix["sensitivity_delta_ap_se"])
     assert mix["met"] == (mix["sensitivity_criterion"] >= -0.0)

@@ -289,14 +289,20 @@ class Evaluator:
         off (``bootstrap['samples']`` 0) or not available (rotated boxes: no COCOeval matches)."""
         if not self.bootstrap.get("samples"):
             return None
-        from harness.evaluate.ap_bootstrap import paired_delta
+        from harness.evaluate.ap_bootstrap import bootstrap_aps, delta_from
 
         key = frozenset(exclude)
         if key not in self._deltas:
             self.evaluate(exclude)
-            ref, got = self.matches(None), self.matches(exclude)
-            self._deltas[key] = None if ref is None or got is None else paired_delta(
-                ref, got, self.bootstrap["samples"], self.bootstrap["seed"], self.bootstrap.get("level", 0.95))
+            samples, seed = self.bootstrap["samples"], self.bootstrap["seed"]
+            if None not in self._deltas:  # the fp32 graph's resampled APs, shared by every candidate
+                ref = self.matches(None)
+                self._deltas[None] = None if ref is None else bootstrap_aps(ref, samples, seed)
+            got = self.matches(exclude)
+            ref_aps = self._deltas[None]
+            self._deltas[key] = None if ref_aps is None or got is None else {
+                **delta_from(ref_aps, bootstrap_aps(got, samples, seed), seed, self.bootstrap.get("level", 0.95)),
+                "images": self.split.images}
         return self._deltas[key]
 
     def fp32_outputs(self):
@@ -456,6 +462,9 @@ def analyse(ev: Evaluator, groups: dict[str, list[str]], flops: dict[str, float]
         left_out = ev.evaluate(frozenset(nodes))
         recovered = left_out["ap"] - full["ap"]
         only_dap = only["ap"] - fp32
+        boot = ev.delta(frozenset(nodes)) if hasattr(ev, "delta") else None
+        if boot:  # the leave-this-out ΔAP's noise: a ranking gap smaller than this is not evidence
+            row.update({"leave_out_se": boot["se"], "leave_out_ci": [boot["ci_low"], boot["ci_high"]]})
         row.update({"only_delta_ap": only_dap, "leave_out_delta_ap": left_out["ap"] - fp32,
                     "recovered_ap": recovered, "score": recovered - only_dap,
                     "recovered_fraction": (recovered / loss) if loss > 0 else None,
@@ -568,9 +577,11 @@ def attribution_lines(table: dict, limit: int = 3) -> list[str]:
     lines = []
     rows = [r for r in table["rows"] if r.get("convs") and r.get("recovered_fraction") is not None]
     for row in sorted(rows, key=lambda r: -r["recovered_fraction"])[:limit]:
+        noise = (f"; leave-this-out ΔAP {row['leave_out_delta_ap']:+.4f} ± {row['leave_out_se']:.4f} SE"
+                 if row.get("leave_out_se") is not None else "")
         lines.append(f"{row['recovered_fraction']:.0%} of the int8 ΔAP ({-loss:+.4f}) disappears when "
                      f"{row['group']} stays float ({row['flops_fraction']:.1%} of conv FLOPs; "
-                     f"sensitivity split, {table['images']} images)")
+                     f"sensitivity split, {table['images']} images{noise})")
     return lines
 
 

@@ -134,23 +134,37 @@ def resample_weights(n_images: int, samples: int, seed: int):
     return out
 
 
+def bootstrap_aps(m: Matches, samples: int, seed: int, chunk: int = 50):
+    """(AP on all images, AP on each of the seeded resamples): the half of a paired bootstrap
+    that belongs to one graph, reusable against any other graph on the same images."""
+    import numpy as np
+
+    n = len(m.image_ids)
+    weights = resample_weights(n, samples, seed)
+    point = float(weighted_ap(m, np.ones((1, n)))[0])
+    return point, np.concatenate([weighted_ap(m, weights[s:s + chunk]) for s in range(0, samples, chunk)])
+
+
+def delta_from(ref: tuple, cand: tuple, seed: int, level: float = LEVEL) -> dict:
+    """ΔAP = cand − ref from two :func:`bootstrap_aps` results of the same resamples."""
+    import numpy as np
+
+    deltas = cand[1] - ref[1]
+    deltas = deltas[np.isfinite(deltas)]
+    lo, hi = np.quantile(deltas, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"delta_ap": cand[0] - ref[0], "se": float(np.std(deltas, ddof=1)), "ci_low": float(lo),
+            "ci_high": float(hi), "level": level, "samples": int(len(deltas)), "seed": seed}
+
+
 def paired_delta(ref: Matches, cand: Matches, samples: int = 500, seed: int = 0,
                  level: float = LEVEL, chunk: int = 50) -> dict:
     """ΔAP = AP(cand) − AP(ref) on the same images, with its bootstrap SE and percentile CI."""
-    import numpy as np
-
     if ref.image_ids != cand.image_ids:
         raise ValueError("paired bootstrap: the two evaluations cover different images")
-    n = len(ref.image_ids)
-    ones = np.ones((1, n))
-    delta = float(weighted_ap(cand, ones)[0] - weighted_ap(ref, ones)[0])
-    weights = resample_weights(n, samples, seed)
-    deltas = np.concatenate([weighted_ap(cand, weights[s:s + chunk]) - weighted_ap(ref, weights[s:s + chunk])
-                             for s in range(0, samples, chunk)])
-    deltas = deltas[np.isfinite(deltas)]
-    lo, hi = np.quantile(deltas, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return {"delta_ap": delta, "se": float(np.std(deltas, ddof=1)), "ci_low": float(lo), "ci_high": float(hi),
-            "level": level, "samples": int(len(deltas)), "seed": seed, "images": n}
+    out = delta_from(bootstrap_aps(ref, samples, seed, chunk), bootstrap_aps(cand, samples, seed, chunk),
+                     seed, level)
+    out["images"] = len(ref.image_ids)
+    return out
 
 
 def interval(se, ci, level=LEVEL) -> str:

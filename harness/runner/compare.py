@@ -279,6 +279,7 @@ def sensitivity_rows(layers: dict) -> list[dict]:
                      "conv FLOPs": f"{r['flops_fraction']:.1%}",
                      "ΔAP only this int8": num(r.get("only_delta_ap"), "+.4f"),
                      "ΔAP this left float": num(r.get("leave_out_delta_ap"), "+.4f"),
+                     "± SE (left float)": num(r.get("leave_out_se"), ".4f"),
                      "ΔAP recovered": num(r.get("recovered_fraction"), ".0%"),
                      "SQNR dB (int8)": num(r.get("conv_sqnr_db"), ".1f"),
                      "out SQNR dB (only)": num(r.get("only_output_sqnr_db"), ".1f"),
