@@ -155,6 +155,12 @@ class CalibrationSpec(_Strict):
     ap_budget: Optional[float] = Field(default=None, ge=0, le=1)
     min_int8_flops: float = Field(default=0.5, ge=0, le=1,
                                   description="a mix keeps at least this share of conv FLOPs int8")
+    ap_margin_se: float = Field(
+        default=1.0, ge=0, description="a mix meets the budget when ΔAP − this × SE ≥ −ap_budget (SE: the "
+                                       "paired bootstrap's over the sensitivity split's images; 0: ΔAP alone)")
+    bootstrap_samples: int = Field(
+        default=500, ge=0, description="paired bootstrap resamples of ΔAP over images (0: off, no SE/CI)")
+    bootstrap_seed: int = 0
     sensitivity: bool = Field(default=False, description="also rank layer groups for plain int8 cells")
     sensitivity_images: int = Field(default=64, ge=0)
     sensitivity_seed: int = 5

@@ -110,6 +110,61 @@ def test_unreachable_budget_says_so_and_keeps_the_best_mix():
                for s in mix["search"])
 
 
+class NoisyEvaluator(FakeEvaluator):
+    """FakeEvaluator with a paired bootstrap: every Q/DQ graph's ΔAP has the SE ``se``."""
+
+    def __init__(self, losses, groups, se):
+        super().__init__(losses, groups)
+        self.se, self.bootstrap = se, {"samples": 100, "seed": 0, "level": 0.95}
+
+    def delta(self, exclude):
+        d = self.evaluate(frozenset(exclude))["ap"] - self.fp32
+        return {"delta_ap": d, "se": self.se, "ci_low": d - 2 * self.se, "ci_high": d + 2 * self.se}
+
+
+def _noisy_search(budget, losses, se, margin_se, min_int8_flops=0.0):
+    from harness.calibration.sensitivity import search_mix
+
+    groups = {"backbone": ["b1", "b2"], "neck": ["n1"], "head.pred": ["h1"], "decode": []}
+    flops = {"b1": 50.0, "b2": 30.0, "n1": 15.0, "h1": 5.0}
+    ev = NoisyEvaluator(losses, groups, se)
+    rows = sorted(({"group": g, "convs": len(n), "recovered_ap": losses[g]} for g, n in groups.items() if n),
+                  key=lambda r: -r["recovered_ap"])
+    table = {"fp32_ap": ev.fp32, "int8_ap": ev.fp32 - sum(losses.values()), "rows": rows}
+    return search_mix(ev, table, groups, flops, budget, min_int8_flops, margin_se)
+
+
+def test_search_demands_the_budget_with_a_margin_of_one_standard_error():
+    losses = {"backbone": 0.0005, "neck": 0.002, "head.pred": 0.006}
+    # keeping the head float leaves ΔAP -0.0025: within the budget 0.003 as a point estimate,
+    # but not once one SE (0.001) is subtracted, so the neck is kept float too (ΔAP -0.0005)
+    strict = _noisy_search(0.003, losses, se=0.001, margin_se=1.0)
+    assert strict["met"] and strict["kept_float_groups"] == ["head.pred", "neck"]
+    assert strict["criterion"] == "ΔAP − 1 × SE ≥ −0.003"
+    assert strict["sensitivity_delta_ap"] == pytest.approx(-0.0005)
+    assert strict["sensitivity_delta_ap_se"] == 0.001
+    assert strict["sensitivity_delta_ap_ci"] == [pytest.approx(-0.0025), pytest.approx(0.0015)]
+    head_only = next(s for s in strict["search"] if s["action"] == "keep head.pred float")
+    assert head_only["delta_ap"] == pytest.approx(-0.0025) and head_only["meets_budget"] is False
+    assert head_only["criterion"] == pytest.approx(-0.0035) and head_only["se"] == 0.001
+    # pruning uses the same margin: giving the head back to int8 (ΔAP -0.0065) fails it
+    assert strict["search"][-1]["action"] == "prune head.pred (back to int8)"
+    # without the margin the point estimate decides: the head alone
+    loose = _noisy_search(0.003, losses, se=0.001, margin_se=0.0)
+    assert loose["met"] and loose["kept_float_groups"] == ["head.pred"]
+    assert loose["criterion"] == "ΔAP ≥ −0.003"
+
+
+def test_search_margin_can_make_a_budget_unreachable():
+    # the backbone may not stay float (50 % int8 FLOPs at least); head and neck float: ΔAP -0.0005,
+    # SE 0.003 -> criterion -0.0035 < -0.003: not met, though the point estimate is far inside
+    mix = _noisy_search(0.003, {"backbone": 0.0005, "neck": 0.002, "head.pred": 0.006}, se=0.003,
+                        margin_se=1.0, min_int8_flops=0.5)
+    assert not mix["met"] and "ΔAP − 1 × SE ≥ −0.003" in mix["note"]
+    assert mix["kept_float_groups"] == ["head.pred", "neck"]  # the best criterion found
+    assert mix["sensitivity_criterion"] == pytest.approx(-0.0035)
+
+
 def test_attribution_sentence_names_the_group_and_share():
     from harness.calibration.sensitivity import attribution_lines
 
@@ -119,6 +174,9 @@ def test_attribution_sentence_names_the_group_and_share():
     assert attribution_lines(table) == [
         "72% of the int8 ΔAP (-0.0100) disappears when backbone.stage2 stays float (7.8% of conv "
         "FLOPs; sensitivity split, 64 images)"]
+    table["rows"][0].update({"leave_out_delta_ap": -0.0028, "leave_out_se": 0.0021})
+    assert attribution_lines(table)[0].endswith(
+        "sensitivity split, 64 images; leave-this-out ΔAP -0.0028 ± 0.0021 SE)")
 
 
 # ---------------------------------------------------------------- bad input: the sensitivity split
@@ -306,6 +364,32 @@ def test_compare_prints_the_ranked_table_and_the_mix(capsys):
     assert "no Conv" not in out and "decode" in out  # decode listed, never quantized
 
 
+def test_compare_shows_the_bootstrap_interval_and_the_criterion():
+    from harness.calibration.attribution import caption, rows
+    from harness.runner.compare import int8_layers, mix_summary, sensitivity_rows
+
+    prov = _provenance()
+    prov["int8_sensitivity"].update({"int8_delta_ap_se": 0.0021, "int8_delta_ap_ci": [-0.014, -0.006],
+                                     "bootstrap": {"samples": 500, "seed": 0, "level": 0.95}})
+    prov["int8_mixed"].update({"criterion": "ΔAP − 1 × SE ≥ −0.003", "sensitivity_delta_ap_se": 0.0008,
+                               "sensitivity_delta_ap_ci": [-0.0036, -0.0005]})
+    prov["int8_sensitivity"]["rows"][0]["leave_out_se"] = 0.0019
+    shown = sensitivity_rows(int8_layers(prov))
+    assert shown[0]["± SE (left float)"] == "0.0019" and shown[1]["± SE (left float)"] == "—"
+    text = mix_summary(int8_layers(prov))
+    assert "ΔAP -0.0100 ± 0.0021 (SE; 95% CI [-0.0140, -0.0060])" in text
+    assert "paired bootstrap over images, 500 resamples, seed 0" in text
+    assert "budget 0.003 met (ΔAP − 1 × SE ≥ −0.003)" in text
+    assert text.endswith("ΔAP -0.0020 ± 0.0008 (SE; 95% CI [-0.0036, -0.0005])")
+    record = {**_attribution(), "int8_delta_ap_se": 0.002, "int8_delta_ap_ci": [-0.014, -0.006],
+              "bootstrap": {"samples": 500, "seed": 0, "level": 0.95}}
+    record["rows"][0] = {**record["rows"][0], "delta_ap_ci": [-0.004, 0.001], "delta_ap_se": 0.0012}
+    table = rows(record)
+    assert table[0]["ΔAP 95% CI"] == "[-0.0140, -0.0060]" and table[1]["ΔAP 95% CI"] == "[-0.0040, +0.0010]"
+    assert table[2]["ΔAP 95% CI"] == "—"
+    assert "(ΔAP -0.0100 ± 0.0020 (SE; 95% CI [-0.0140, -0.0060])); ΔAP intervals: paired bootstrap" in caption(record)
+
+
 def test_no_table_for_cells_without_sensitivity():
     from harness.runner.compare import int8_layers
 
@@ -339,7 +423,20 @@ def test_onnxruntime_int8_mixed_cell_end_to_end(tmp_path):
     assert {"backbone.stem", "neck.top_down_layers", "head.cls_preds.pred", "decode"} <= set(groups)
     assert [r["rank"] for r in table["rows"] if r["convs"]] == list(range(1, len(groups)))
     assert table["images"] == 8 and "synth seed 5" in table["split"]
-    assert mix["met"] == (mix["sensitivity_delta_ap"] >= -0.0)
+    # the paired bootstrap (500 resamples by default) and the margin criterion ΔAP − 1 × SE ≥ −budget
+    assert table["bootstrap"] == {"samples": 500, "seed": 0, "level": 0.95}
+    lo, hi = table["int8_delta_ap_ci"]
+    assert lo <= hi and table["int8_delta_ap_se"] >= 0
+    for row in table["rows"]:  # each group's leave-this-out ΔAP with its interval
+        if row["convs"]:
+            assert row["leave_out_ci"][0] <= row["leave_out_ci"][1] and row["leave_out_se"] >= 0
+    assert mix["criterion"] == "ΔAP − 1 × SE ≥ −0.0"
+    assert mix["sensitivity_criterion"] == pytest.approx(mix["sensitivity_delta_ap"] - mix["sensitivity_delta_ap_se"])
+    assert mix["met"] == (mix["sensitivity_criterion"] >= -0.0)
+    for step in mix["search"]:
+        if step["delta_ap"] is not None:
+            assert step["criterion"] == pytest.approx(step["delta_ap"] - step["se"])
+            assert step["ci_low"] <= step["ci_high"]
     fed = _dq_fed(facts["model_file"])
     assert {n for n, q in fed.items() if not q} == set(mix["kept_float_nodes"])
     if not mix["met"]:
@@ -353,6 +450,8 @@ def test_onnxruntime_int8_mixed_cell_end_to_end(tmp_path):
     assert att["int8_differences"] == att["int8_missing"] + att["int8_extra"] > 0
     for r in att["rows"]:
         assert r["delta_ap"] == pytest.approx(r["ap"] - att["fp32_ap"])
+        assert r["delta_ap_ci"][0] <= r["delta_ap_ci"][1] and r["delta_ap_se"] >= 0
+    assert "int8_delta_ap_ci" in att and att["bootstrap"]["samples"] == 500
     runner.close()
 
 

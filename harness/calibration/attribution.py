@@ -54,7 +54,10 @@ def attribute(ev, groups: dict[str, list[str]], flops: dict[str, float], table: 
     for c in candidates(groups, table, mix):
         nodes = frozenset(n for g in c["groups"] for n in groups[g])
         got = ev.evaluate(nodes)
+        boot = ev.delta(nodes) if hasattr(ev, "delta") else None
         rows.append({**c, "convs": len(nodes),
+                     **({"delta_ap_se": boot["se"], "delta_ap_ci": [boot["ci_low"], boot["ci_high"]]}
+                        if boot else {}),
                      "flops_fraction": sum(flops.get(n, 0.0) for n in nodes) / total,
                      "ap": got["ap"], "delta_ap": got["ap"] - fp32["ap"],
                      "recovered_fraction": (got["ap"] - full["ap"]) / loss if loss > 0 else None,
@@ -62,7 +65,10 @@ def attribute(ev, groups: dict[str, list[str]], flops: dict[str, float], table: 
                      "differences_recovered_fraction": ((full["differences"] - got["differences"])
                                                         / full["differences"]
                                                         if full["differences"] else None)})
+    boot = ev.delta(frozenset()) if hasattr(ev, "delta") else None
     return {"split": ev.split.source, "images": ev.split.images, "match_iou": ev.match_iou,
+            **({"int8_delta_ap_se": boot["se"], "int8_delta_ap_ci": [boot["ci_low"], boot["ci_high"]],
+                "bootstrap": {k: boot[k] for k in ("samples", "seed", "level")}} if boot else {}),
             "method": ev.method, "runtime": "ONNX Runtime CPU EP (the cell's Q/DQ graph and host post-processing)",
             "fp32_ap": fp32["ap"], "int8_ap": full["ap"], "int8_delta_ap": -loss,
             "fp32_detections": fp32.get("detections"), "int8_differences": full["differences"],
@@ -114,6 +120,9 @@ def evaluation_attribution(ctx, fp32_onnx: Path, calib, test_cfg, groups, flops,
     match_iou = float((ctx.cell.get("alignment") or {}).get("match_iou", 0.5))
     ev = Evaluator(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir, split, test_cfg,
                    match_iou=match_iou)
+    from harness.calibration.sensitivity import bootstrap_settings
+
+    ev.bootstrap = bootstrap_settings(c)
     record = attribute(ev, groups, flops, table, mix)
     record["evaluations_run"] = ev.evaluations
     return record
@@ -124,23 +133,32 @@ def rows(record: dict) -> list[dict]:
     def pct(v):
         return "—" if v is None else f"{v:.0%}"
 
+    def ci(v):
+        return "—" if not v else f"[{v[0]:+.4f}, {v[1]:+.4f}]"
+
     out = [{"left float": "nothing (the int8 graph)", "kind": "", "convs": "0", "conv FLOPs": "0.0%",
             "AP": f"{record['int8_ap']:.4f}", "ΔAP vs fp32": f"{record['int8_delta_ap']:+.4f}",
-            "ΔAP removed": "—", "differing detections": f"{record['int8_differences']:,}",
+            "ΔAP 95% CI": ci(record.get("int8_delta_ap_ci")), "ΔAP removed": "—", "differing detections": f"{record['int8_differences']:,}",
             "differences removed": "—"}]
     for r in record["rows"]:
         out.append({"left float": r["name"] if r["kind"] != "mix" else ", ".join(r["groups"]),
                     "kind": r["kind"], "convs": str(r["convs"]), "conv FLOPs": f"{r['flops_fraction']:.1%}",
                     "AP": f"{r['ap']:.4f}", "ΔAP vs fp32": f"{r['delta_ap']:+.4f}",
-                    "ΔAP removed": pct(r["recovered_fraction"]),
+                    "ΔAP 95% CI": ci(r.get("delta_ap_ci")), "ΔAP removed": pct(r["recovered_fraction"]),
                     "differing detections": f"{r['differences']:,}",
                     "differences removed": pct(r["differences_recovered_fraction"])})
     return out
 
 
 def caption(record: dict) -> str:
+    from harness.evaluate.ap_bootstrap import interval
+
+    boot = record.get("bootstrap")
+    how = (f"; ΔAP intervals: paired bootstrap over images ({boot['samples']} resamples, seed {boot['seed']})"
+           if boot else "")
     return (f"{record['split']} ({record['images']} images), {record['runtime']}; fp32 graph AP "
-            f"{record['fp32_ap']:.4f}, int8 AP {record['int8_ap']:.4f} (ΔAP {record['int8_delta_ap']:+.4f}); "
+            f"{record['fp32_ap']:.4f}, int8 AP {record['int8_ap']:.4f} (ΔAP {record['int8_delta_ap']:+.4f}"
+            f"{interval(record.get('int8_delta_ap_se'), record.get('int8_delta_ap_ci'))}){how}; "
             f"differing detections: unmatched against the fp32 graph's at IoU {record['match_iou']:g}")
 
 

@@ -203,6 +203,9 @@ class Evaluator:
         self._fp32_outputs = None
         self._fp32_dets = None
         self.evaluations = 0  # evaluations actually run (not served from the cache)
+        self.bootstrap = {"samples": 0, "seed": 0, "level": 0.95}  # paired bootstrap of ΔAP (off: 0)
+        self._matches: dict = {}
+        self._deltas: dict = {}
 
     def graph(self, exclude) -> Path:
         """The graph for a float set: ``None`` = fp32, else Q/DQ with ``exclude`` kept float."""
@@ -227,6 +230,7 @@ class Evaluator:
         def build(staged: Path) -> None:
             outputs = self._run(graph)
             dets, ids = self._coco(outputs)
+            self._store_detections(graph, dets, ids)
             result = {"ap": self._evaluate(dets, ids), "detections": len(dets)}
             if exclude is not None:
                 fp32 = self.fp32_outputs()
@@ -238,6 +242,68 @@ class Evaluator:
             staged.write_text(json.dumps(result))
 
         return json.loads(cache.cached(self.folder / f"{key}.json", build).read_text())
+
+    def _detections_path(self, graph: Path) -> Path:
+        from harness.measure.provenance import file_hash
+
+        key = hashlib.sha256(json.dumps([file_hash(graph), self.split.sha256, _cfg_repr(self.test_cfg),
+                                         "dets-v1"]).encode()).hexdigest()[:24]
+        return self.folder / f"{key}.dets.npz"
+
+    def _store_detections(self, graph: Path, dets: list[dict], ids: list[int]) -> Path:
+        """The graph's COCO detections on the split as (N, 7) rows (for the bootstrap), cached."""
+        import numpy as np
+
+        from harness import cache
+
+        def build(staged: Path) -> None:
+            rotated = any(len(d["bbox"]) != 4 for d in dets)  # #19: no COCOeval matches to bootstrap
+            rows = np.asarray([] if rotated else [[d["image_id"], *d["bbox"], d["score"], d["category_id"]]
+                                                  for d in dets], dtype=np.float64).reshape(-1, 7)
+            with open(staged, "wb") as f:
+                np.savez_compressed(f, rows=rows, ids=np.asarray(ids, dtype=np.int64), rotated=rotated)
+
+        return cache.cached(self._detections_path(graph), build)
+
+    def matches(self, exclude):
+        """Per-image matches of the graph's detections (:mod:`harness.evaluate.ap_bootstrap`)."""
+        import numpy as np
+
+        from harness import cache
+        from harness.evaluate.ap_bootstrap import image_matches
+
+        key = None if exclude is None else frozenset(exclude)
+        if key not in self._matches:
+            graph = self.graph(exclude)
+            path = self._detections_path(graph)
+            if not (path.exists() and cache.verify(path)):  # evaluated before detections were kept
+                dets, ids = self._coco(self.fp32_outputs() if exclude is None else self._run(graph))
+                path = self._store_detections(graph, dets, ids)
+            with np.load(path) as data:
+                rows, ids, rotated = data["rows"], data["ids"].tolist(), bool(data["rotated"])
+            self._matches[key] = None if rotated else image_matches(self.split.ann_file, rows, ids)
+        return self._matches[key]
+
+    def delta(self, exclude) -> dict | None:
+        """Paired bootstrap of ΔAP (this Q/DQ graph − fp32) over the split's images, or None when
+        off (``bootstrap['samples']`` 0) or not available (rotated boxes: no COCOeval matches)."""
+        if not self.bootstrap.get("samples"):
+            return None
+        from harness.evaluate.ap_bootstrap import bootstrap_aps, delta_from
+
+        key = frozenset(exclude)
+        if key not in self._deltas:
+            self.evaluate(exclude)
+            samples, seed = self.bootstrap["samples"], self.bootstrap["seed"]
+            if None not in self._deltas:  # the fp32 graph's resampled APs, shared by every candidate
+                ref = self.matches(None)
+                self._deltas[None] = None if ref is None else bootstrap_aps(ref, samples, seed)
+            got = self.matches(exclude)
+            ref_aps = self._deltas[None]
+            self._deltas[key] = None if ref_aps is None or got is None else {
+                **delta_from(ref_aps, bootstrap_aps(got, samples, seed), seed, self.bootstrap.get("level", 0.95)),
+                "images": self.split.images}
+        return self._deltas[key]
 
     def fp32_outputs(self):
         if self._fp32_outputs is None:
@@ -396,6 +462,9 @@ def analyse(ev: Evaluator, groups: dict[str, list[str]], flops: dict[str, float]
         left_out = ev.evaluate(frozenset(nodes))
         recovered = left_out["ap"] - full["ap"]
         only_dap = only["ap"] - fp32
+        boot = ev.delta(frozenset(nodes)) if hasattr(ev, "delta") else None
+        if boot:  # the leave-this-out ΔAP's noise: a ranking gap smaller than this is not evidence
+            row.update({"leave_out_se": boot["se"], "leave_out_ci": [boot["ci_low"], boot["ci_high"]]})
         row.update({"only_delta_ap": only_dap, "leave_out_delta_ap": left_out["ap"] - fp32,
                     "recovered_ap": recovered, "score": recovered - only_dap,
                     "recovered_fraction": (recovered / loss) if loss > 0 else None,
@@ -409,15 +478,24 @@ def analyse(ev: Evaluator, groups: dict[str, list[str]], flops: dict[str, float]
     for rank, row in enumerate(ranked, 1):
         row["rank"] = rank
     rows = ranked + [r for r in rows if not r["convs"]]
+    boot = ev.delta(frozenset()) if hasattr(ev, "delta") else None
     return {"split": ev.split.source, "images": ev.split.images, "method": ev.method,
             "fp32_ap": fp32, "int8_ap": full["ap"], "int8_delta_ap": -loss,
+            **({"int8_delta_ap_se": boot["se"], "int8_delta_ap_ci": [boot["ci_low"], boot["ci_high"]],
+                "bootstrap": {k: boot[k] for k in ("samples", "seed", "level")}} if boot else {}),
             "int8_output_sqnr_db": _min_finite(full.get("boxes_sqnr_db"), full.get("scores_sqnr_db")),
             "rows": rows}
 
 
 def search_mix(ev: Evaluator, table: dict, groups: dict[str, list[str]], flops: dict[str, float],
-               budget: float, min_int8_flops: float) -> dict:
-    """Groups to keep float, greedily in ranking order, until ΔAP ≥ −budget; then pruned.
+               budget: float, min_int8_flops: float, margin_se: float = 1.0) -> dict:
+    """Groups to keep float, greedily in ranking order, until the mix meets the budget; then pruned.
+
+    *Meets the budget*: ΔAP − ``margin_se`` × SE ≥ −budget, SE being the paired bootstrap's
+    standard error of ΔAP over the split's images (``ev.bootstrap``; the point estimate alone
+    when the bootstrap is off or unavailable).  On a split of a few hundred images a ΔAP near
+    the budget is within noise; the margin keeps the search from accepting a mix that met the
+    budget by chance.  Candidates are compared by the same margin value.
 
     A group whose float copy would drop the int8 share of conv FLOPs below
     ``min_int8_flops`` is not taken.  When no mix meets the budget the best
@@ -425,7 +503,6 @@ def search_mix(ev: Evaluator, table: dict, groups: dict[str, list[str]], flops: 
     """
     total = sum(flops.values()) or 1.0
     fp32 = table["fp32_ap"]
-    target = fp32 - budget
     steps = []
 
     def nodes_of(kept):
@@ -434,18 +511,28 @@ def search_mix(ev: Evaluator, table: dict, groups: dict[str, list[str]], flops: 
     def int8_share(kept):
         return 1.0 - sum(flops.get(n, 0.0) for n in nodes_of(kept)) / total
 
+    bootstrap = getattr(ev, "bootstrap", None) or {}
+    delta = getattr(ev, "delta", None) if bootstrap.get("samples") else None
+
     def try_mix(kept, action):
-        ap = ev.evaluate(nodes_of(kept))["ap"] if kept else table["int8_ap"]
+        nodes = nodes_of(kept)
+        ap = ev.evaluate(nodes)["ap"] if kept else table["int8_ap"]
+        boot = delta(nodes) if delta else None
+        se = boot["se"] if boot else 0.0
+        value = ap - fp32 - margin_se * se
         steps.append({"action": action, "kept_float": list(kept), "delta_ap": ap - fp32,
-                      "int8_flops_fraction": int8_share(kept)})
-        return ap
+                      "int8_flops_fraction": int8_share(kept), "criterion": value,
+                      "meets_budget": value >= -budget,
+                      **({"se": boot["se"], "ci_low": boot["ci_low"], "ci_high": boot["ci_high"]}
+                         if boot else {})})
+        return value, ap, boot
 
     kept: list[str] = []
-    ap = try_mix(kept, "all int8")
-    best = (ap, list(kept))
+    value, ap, boot = try_mix(kept, "all int8")
+    best = (value, ap, boot, list(kept))
     order = [r["group"] for r in table["rows"] if r["convs"] and r.get("score", r["recovered_ap"]) > 0]
     for group in order:
-        if ap >= target:
+        if value >= -budget:
             break
         cand = kept + [group]
         if int8_share(cand) < min_int8_flops:
@@ -453,25 +540,31 @@ def search_mix(ev: Evaluator, table: dict, groups: dict[str, list[str]], flops: 
                           "int8_flops_fraction": int8_share(cand),
                           "reason": f"int8 share of conv FLOPs would fall below {min_int8_flops}"})
             continue
-        cand_ap = try_mix(cand, f"keep {group} float")
-        if cand_ap > ap:  # a group that does not help stays int8
-            kept, ap = cand, cand_ap
-            if ap > best[0]:
-                best = (ap, list(kept))
-    met = ap >= target
+        cand_value, cand_ap, cand_boot = try_mix(cand, f"keep {group} float")
+        if cand_value > value:  # a group that does not help stays int8
+            kept, value, ap, boot = cand, cand_value, cand_ap, cand_boot
+            if value > best[0]:
+                best = (value, ap, boot, list(kept))
+    met = value >= -budget
     if met:
         for group in list(reversed(kept[:-1])):
             cand = [g for g in kept if g != group]
-            cand_ap = try_mix(cand, f"prune {group} (back to int8)")
-            if cand_ap >= target:
-                kept, ap = cand, cand_ap
-        best = (ap, kept)
-    ap, kept = best
+            cand_value, cand_ap, cand_boot = try_mix(cand, f"prune {group} (back to int8)")
+            if cand_value >= -budget:
+                kept, value, ap, boot = cand, cand_value, cand_ap, cand_boot
+        best = (value, ap, boot, kept)
+    value, ap, boot, kept = best
+    rule = (f"ΔAP − {margin_se:g} × SE ≥ −{budget}" if boot and margin_se else f"ΔAP ≥ −{budget}")
     return {"ap_budget": budget, "min_int8_flops": min_int8_flops, "met": met,
+            "criterion": rule, "margin_se": margin_se,
+            "bootstrap": {k: bootstrap.get(k) for k in ("samples", "seed", "level")} if boot else None,
             "kept_float_groups": kept, "kept_float_nodes": sorted(nodes_of(kept)),
             "int8_conv_flops_fraction": int8_share(kept), "sensitivity_delta_ap": ap - fp32,
+            **({"sensitivity_delta_ap_se": boot["se"], "sensitivity_delta_ap_ci": [boot["ci_low"], boot["ci_high"]]}
+               if boot else {}),
+            "sensitivity_criterion": value,
             "sensitivity_fp32_ap": fp32, "sensitivity_ap": ap, "search": steps,
-            **({} if met else {"note": f"no mix met the budget {budget} (ΔAP ≥ {-budget}) with at least "
+            **({} if met else {"note": f"no mix met the budget {budget} ({rule}) with at least "
                                        f"{min_int8_flops:.0%} of conv FLOPs int8; kept the best mix found "
                                        f"(ΔAP {ap - fp32:+.4f})"})}
 
@@ -484,9 +577,11 @@ def attribution_lines(table: dict, limit: int = 3) -> list[str]:
     lines = []
     rows = [r for r in table["rows"] if r.get("convs") and r.get("recovered_fraction") is not None]
     for row in sorted(rows, key=lambda r: -r["recovered_fraction"])[:limit]:
+        noise = (f"; leave-this-out ΔAP {row['leave_out_delta_ap']:+.4f} ± {row['leave_out_se']:.4f} SE"
+                 if row.get("leave_out_se") is not None else "")
         lines.append(f"{row['recovered_fraction']:.0%} of the int8 ΔAP ({-loss:+.4f}) disappears when "
                      f"{row['group']} stays float ({row['flops_fraction']:.1%} of conv FLOPs; "
-                     f"sensitivity split, {table['images']} images)")
+                     f"sensitivity split, {table['images']} images{noise})")
     return lines
 
 
@@ -527,12 +622,14 @@ def int8_graph(ctx, fp32_onnx: Path, test_cfg) -> tuple[Path, dict]:
     found, where = sensitivity_images(cell, ctx.cache_dir)
     split = build_split(found, ctx.preprocessor("cpu"), where)
     ev = Evaluator(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir, split, test_cfg)
+    ev.bootstrap = bootstrap_settings(c)
     table = analyse(ev, groups, flops)
     info = {**info, "int8_sensitivity": table}
     if mixed:
         budget = c.get("ap_budget")
         budget = 0.003 if budget is None else budget
-        mix = search_mix(ev, table, groups, flops, budget, c.get("min_int8_flops", 0.5))
+        mix = search_mix(ev, table, groups, flops, budget, c.get("min_int8_flops", 0.5),
+                         c.get("ap_margin_se", 1.0))
         path, mixed_info = quantize_qdq(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir,
                                         exclude=tuple(mix["kept_float_nodes"]))
         info = {**mixed_info, "int8_sensitivity": table, "int8_mixed": mix}
@@ -544,6 +641,12 @@ def int8_graph(ctx, fp32_onnx: Path, test_cfg) -> tuple[Path, dict]:
     if attribution is not None:
         info["int8_attribution"] = attribution
     return path, _finite(info)
+
+
+def bootstrap_settings(calibration: dict) -> dict:
+    """The paired bootstrap of ΔAP a cell's calibration settings ask for (samples 0: off)."""
+    return {"samples": int(calibration.get("bootstrap_samples", 500)),
+            "seed": int(calibration.get("bootstrap_seed", 0)), "level": 0.95}
 
 
 def given_mix(groups: dict[str, list[str]], flops: dict[str, float], names: list[str]) -> dict:

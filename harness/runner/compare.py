@@ -279,6 +279,7 @@ def sensitivity_rows(layers: dict) -> list[dict]:
                      "conv FLOPs": f"{r['flops_fraction']:.1%}",
                      "ΔAP only this int8": num(r.get("only_delta_ap"), "+.4f"),
                      "ΔAP this left float": num(r.get("leave_out_delta_ap"), "+.4f"),
+                     "± SE (left float)": num(r.get("leave_out_se"), ".4f"),
                      "ΔAP recovered": num(r.get("recovered_fraction"), ".0%"),
                      "SQNR dB (int8)": num(r.get("conv_sqnr_db"), ".1f"),
                      "out SQNR dB (only)": num(r.get("only_output_sqnr_db"), ".1f"),
@@ -287,15 +288,23 @@ def sensitivity_rows(layers: dict) -> list[dict]:
 
 
 def mix_summary(layers: dict) -> str:
+    from harness.evaluate.ap_bootstrap import interval
+
     t, mix = layers["sensitivity"], layers.get("mixed")
+    level = (t.get("bootstrap") or {}).get("level", 0.95)
     head = (f"sensitivity split: {t['split']} ({t['images']} images, {t['method']}); fp32 AP {t['fp32_ap']:.4f}, "
-            f"int8 AP {t['int8_ap']:.4f} (ΔAP {t['int8_delta_ap']:+.4f})")
+            f"int8 AP {t['int8_ap']:.4f} (ΔAP {t['int8_delta_ap']:+.4f}"
+            f"{interval(t.get('int8_delta_ap_se'), t.get('int8_delta_ap_ci'), level)})")
+    if t.get("bootstrap"):
+        head += f"; paired bootstrap over images, {t['bootstrap']['samples']} resamples, seed {t['bootstrap']['seed']}"
     if not mix:
         return head
     state = "met" if mix["met"] else "NOT met (best mix found kept)"
-    return (f"{head}; mix: budget {mix['ap_budget']} {state}, float: "
+    rule = f" ({mix['criterion']})" if mix.get("criterion") else ""
+    return (f"{head}; mix: budget {mix['ap_budget']} {state}{rule}, float: "
             f"{', '.join(mix['kept_float_groups']) or 'none'} ({mix['kept_float_convs']} convs), "
-            f"{mix['int8_conv_flops_fraction']:.1%} of conv FLOPs int8, ΔAP {mix['sensitivity_delta_ap']:+.4f}")
+            f"{mix['int8_conv_flops_fraction']:.1%} of conv FLOPs int8, ΔAP {mix['sensitivity_delta_ap']:+.4f}"
+            f"{interval(mix.get('sensitivity_delta_ap_se'), mix.get('sensitivity_delta_ap_ci'), level)}")
 
 
 def _print_int8_layers(con, record: dict) -> None:

@@ -136,7 +136,9 @@ def run_cell(ctx: CellContext, stages: Stages) -> dict:
             result["metrics"].update({"int8_conv_flops_fraction": mix["int8_conv_flops_fraction"],
                                       "int8_float_convs": len(mix["kept_float_nodes"]),
                                       "int8_mix_met": mix["met"],
-                                      "int8_mix_delta_ap_sensitivity": mix["sensitivity_delta_ap"]})
+                                      "int8_mix_delta_ap_sensitivity": mix["sensitivity_delta_ap"],
+                                      **({"int8_mix_delta_ap_sensitivity_se": mix["sensitivity_delta_ap_se"]}
+                                         if mix.get("sensitivity_delta_ap_se") is not None else {})})
         if dropped:
             result["warnings"].append(f"{dropped} detections had labels beyond the dataset's "
                                       f"{len(dataset.category_ids)} categories and were not scored")
