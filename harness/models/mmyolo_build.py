@@ -8,55 +8,23 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
 
-#: None until prepare_mm ran; then whether mmrotate was imported before mmyolo's models
-_PREPARED_ROTATED: bool | None = None
 _SIZE_KEYS = ("scale", "img_scale")
 
 
-def prepare_mm(rotated: bool | None = None) -> None:
+def prepare_mm() -> None:
     """Make mmcv-lite usable (plain-torch ``mmcv._ext``), import mmrotate where it is installed
-    (before mmyolo's models, which look for it once), and register mmyolo's modules.
+    (before mmyolo's models, which look for it once), and register mmyolo's modules."""
+    from harness.compat import mmrotate_compat
 
-    ``rotated``: whether this process will build a rotated (RTMDet-R) model.  ``False`` leaves
-    mmrotate out: importing it imports e2cnn, ~10 s of a fresh process's imports on the lent
-    H200 (1-2 s here), paid by every run's first cell although only rotated models need it.
-    mmyolo decides once, at import, whether mmrotate is there, so a process prepared without it
-    cannot build a rotated model later: asking for ``rotated=True`` then is a loud internal error
-    (the runner prepares each process for the cells it will run).  ``None`` (the default) keeps
-    what is prepared, else prepares everything.
-    """
-    global _PREPARED_ROTATED
-    from harness.compat import mmcv_ext, mmrotate_compat
+    mmrotate_compat.install()  # installs harness.compat.mmcv_ext first
+    from mmyolo.utils import register_all_modules
 
-    mask = False
-    if _PREPARED_ROTATED is not None:
-        if rotated and not _PREPARED_ROTATED and mmrotate_compat.available():
-            raise RuntimeError("mmyolo was prepared in this process without mmrotate "
-                               "(prepare_mm(rotated=False)); a rotated model cannot be built here")
-    elif rotated is False and "mmyolo.models" not in sys.modules:
-        mmcv_ext.install()
-        _PREPARED_ROTATED = "mmrotate.models" in sys.modules
-        # mmyolo's models and datasets import mmrotate inside try/except ImportError: when
-        # leaving it out, an installed mmrotate reads as absent (None in sys.modules) meanwhile
-        mask = not _PREPARED_ROTATED and mmrotate_compat.available()
-    else:
-        mmrotate_compat.install()  # installs harness.compat.mmcv_ext first
-        _PREPARED_ROTATED = True
-    if mask:
-        sys.modules.setdefault("mmrotate", None)
-    try:
-        from mmyolo.utils import register_all_modules
-
-        register_all_modules(init_default_scope=True)
-    finally:
-        if mask and "mmrotate" in sys.modules and sys.modules["mmrotate"] is None:
-            del sys.modules["mmrotate"]
+    register_all_modules(init_default_scope=True)
     from mmengine.logging import MMLogger
 
     MMLogger.get_current_instance().setLevel(logging.WARNING)  # init_weights logs every tensor

@@ -59,10 +59,9 @@ class CellContext:
 
     @cached_property
     def cfg(self):
-        from harness.models.box_types import ROTATED, config_file_box_type
         from harness.models.mmyolo_build import load_config, prepare_mm
 
-        prepare_mm(rotated=config_file_box_type(self.config_path)[0] == ROTATED)
+        prepare_mm()
         return load_config(self.config_path, self.cell["imgsz"])
 
     @cached_property

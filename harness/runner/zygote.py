@@ -66,10 +66,9 @@ def preload_spec(cells) -> dict:
     and their mmyolo configs (read once, copied into each cell)."""
     from harness.models.table import packaged_config
 
-    names, configs, ort_devices, rotated = list(_BASE), [], set(), False
+    names, configs, ort_devices = list(_BASE), [], set()
     for cell in cells:
         params = cell if isinstance(cell, dict) else cell.params
-        rotated = rotated or params.get("box_type") == "rotated"  # the plan's (#19)
         names += _BY_BACKEND.get(params.get("backend"), ())
         if params.get("backend") == "onnxruntime":
             ort_devices.add(str(params.get("device")).split(":")[0])
@@ -81,14 +80,13 @@ def preload_spec(cells) -> dict:
                 configs.append(str(config))
     if ort_devices == {"cpu"}:
         names.append("onnxruntime")
-    return {"modules": list(dict.fromkeys(names)), "configs": list(dict.fromkeys(configs)),
-            "rotated": rotated}
+    return {"modules": list(dict.fromkeys(names)), "configs": list(dict.fromkeys(configs))}
 
 
 def _table() -> dict:
-    from harness.models.table import KNOWN_MODELS
+    from harness.models.table import MODELS
 
-    return KNOWN_MODELS  # the rotated family's packaged configs too
+    return MODELS
 
 
 # ------------------------------------------------------------------------------ orchestrator side
@@ -253,9 +251,7 @@ def _import_all(spec: dict, done: list, missing: dict, per: dict, cuda: "_CudaAn
         try:
             from harness.models.mmyolo_build import prepare_mm
 
-            # mmcv._ext stand-in, mmyolo's registries: the children find them made; mmrotate
-            # (and its e2cnn, ~10 s on the H200) only when a cell of the run is rotated
-            prepare_mm(rotated=bool(spec.get("rotated")) or _any_rotated(spec.get("configs", ())))
+            prepare_mm()  # mmcv._ext stand-in, mmyolo's registries: the children find them made
             done.append("prepare_mm")
         except Exception:
             traceback.print_exc()
@@ -271,19 +267,6 @@ def _import_all(spec: dict, done: list, missing: dict, per: dict, cuda: "_CudaAn
             except Exception as exc:  # a broken config is its cell's error (UserError at load)
                 missing[config] = f"{type(exc).__name__}: {str(exc)[:200]}"
             per[config] = round(time.perf_counter() - t, 3)
-
-
-def _any_rotated(configs) -> bool:
-    """Whether any of the run's mmyolo configs is a rotated model (unreadable: assume so)."""
-    from harness.models.box_types import ROTATED, config_file_box_type
-
-    for config in configs:
-        try:
-            if config_file_box_type(config)[0] == ROTATED:
-                return True
-        except Exception:  # a broken config is its cell's error; prepare as before
-            return True
-    return False
 
 
 #: what a fresh process answers (the zygote must not ask: see _CudaAnswers)
