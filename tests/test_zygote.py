@@ -235,3 +235,15 @@ def test_cuda_questions_at_import_time_are_answered_by_a_helper_process():
     finally:
         broken.uninstall()
     assert broken.report()["error"].startswith("exit 1")
+
+
+def test_the_preload_reads_the_packaged_config_of_a_rotated_model_named_without_config(tmp_path):
+    from harness import matrix as mx
+    from harness.runner.zygote import preload_spec
+
+    (tmp_path / "r.yaml").write_text(
+        "name: r\nmodels: [{name: rtmdet_r_tiny, checkpoint: random}]\nbackends: [pytorch]\n"
+        "precisions: [fp32]\nbatch_sizes: [1]\nimage_sizes: [128]\ndevices: [cpu]\n"
+        "dataset: {synth: {images: 2, seed: 2, size: 128, rotated: true}}\n")
+    m, _ = mx.load(tmp_path / "r.yaml")
+    assert any("rtmdet-r_tiny" in c for c in preload_spec(mx.expand(m))["configs"])

@@ -84,9 +84,9 @@ def preload_spec(cells) -> dict:
 
 
 def _table() -> dict:
-    from harness.models.table import MODELS
+    from harness.models.table import KNOWN_MODELS
 
-    return MODELS
+    return KNOWN_MODELS  # the rotated family's packaged configs are pre-read too
 
 
 # ------------------------------------------------------------------------------ orchestrator side
