@@ -19,6 +19,28 @@ def run_cli(*args, cwd=None, env=None, timeout=900) -> subprocess.CompletedProce
                           env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+#: ``detbench`` as a terminal starts it, whatever this test process's own signal state is: SIGINT
+#: and SIGTERM unblocked, Python's Ctrl-C handler installed.  A child inherits ignored and blocked
+#: signals through fork/exec (a Python child keeps SIGINT ignored), so a test that interrupts a
+#: real run must not depend on what earlier tests or libraries left in the pytest process.
+DETBENCH_AS_FROM_A_TERMINAL = [
+    sys.executable, "-c",
+    "import runpy, signal, sys\n"
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+    "sys.argv[0] = 'detbench'\n"
+    "runpy.run_module('harness.cli', run_name='__main__', alter_sys=True)\n"]
+
+
+def signal_state() -> str:
+    """This process's SIGINT disposition and blocked signals (for a failing interruption test)."""
+    import signal
+
+    return (f"pytest process: SIGINT handler {signal.getsignal(signal.SIGINT)!r}, blocked "
+            f"{sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))}")
+
+
 @pytest.fixture(scope="session")
 def synth_val(tmp_path_factory):
     """A small deterministic COCO dataset (images dir, annotations file)."""

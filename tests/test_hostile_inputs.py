@@ -418,13 +418,19 @@ def _interrupted_process(argv, tmp: Path, sig: int):
     """A real `detbench run` whose worker hangs in `load`; ``sig`` once its cell is running."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "DETBENCH_FAULT": "@load:hang"}
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *argv], cwd=tmp, env=env,
+    from tests.conftest import DETBENCH_AS_FROM_A_TERMINAL, signal_state
+
+    proc = subprocess.Popen([*DETBENCH_AS_FROM_A_TERMINAL, *argv], cwd=tmp, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     left = []
     try:
         _wait_for_running_cell(tmp / "results.db", proc)
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError(f"the run did not end within 120 s of signal {sig}; {signal_state()}; "
+                                 f"its stderr so far: {exc.stderr!r}") from exc
         deadline = time.monotonic() + 15  # the worker (and the run's zygote) end with the run
         while _workers_of(tmp) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -235,9 +235,22 @@ timeout_s: 600
 """
 
 
+def _ended(proc: subprocess.Popen) -> None:
+    from tests.conftest import signal_state
+
+    try:
+        proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        raise AssertionError(f"the signalled run did not end within 60 s; {signal_state()}; its "
+                             f"stderr so far: {exc.stderr!r}") from exc
+
+
 def _start_run(args, cwd, fault: str) -> subprocess.Popen:
+    from tests.conftest import DETBENCH_AS_FROM_A_TERMINAL
+
     env = {**_env(), "DETBENCH_FAULT": fault}
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env,
+    return subprocess.Popen([*DETBENCH_AS_FROM_A_TERMINAL, *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -277,7 +290,7 @@ def test_resume_of_a_live_run_is_refused_then_a_dead_ones_is_taken_over(db_url, 
         second.stderr and "Traceback" not in second.stderr
 
     first.send_signal(signal.SIGTERM)  # a terminated executor releases the lock
-    first.communicate(timeout=60)
+    _ended(first)
     from harness.store import Store
 
     with Store(db_url, create=False) as store:
@@ -287,7 +300,7 @@ def test_resume_of_a_live_run_is_refused_then_a_dead_ones_is_taken_over(db_url, 
                              tmp_path, "yolov8_n@load:hang")
     _wait_for_running(db_url, interrupted.pid, interrupted)
     interrupted.send_signal(signal.SIGINT)  # Ctrl-C releases it too
-    interrupted.communicate(timeout=60)
+    _ended(interrupted)
     with Store(db_url, create=False) as store:
         assert store.run_lock_holder(run_id) is None
 
@@ -295,7 +308,7 @@ def test_resume_of_a_live_run_is_refused_then_a_dead_ones_is_taken_over(db_url, 
                        "yolov8_n@load:hang")
     _wait_for_running(db_url, again.pid, again)
     again.send_signal(signal.SIGKILL)  # no chance to release: the lock stays, its pid is gone
-    again.communicate(timeout=60)
+    _ended(again)
     with Store(db_url, create=False) as store:
         assert store.run_lock_holder(run_id).pid == again.pid
 
