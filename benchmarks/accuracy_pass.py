@@ -28,11 +28,12 @@ import argparse
 import datetime as dt
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _results import slug, write_results  # noqa: E402 (benchmarks/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "fixtures" / "yolov8_synth"
@@ -224,13 +225,9 @@ def main(argv=None) -> int:
         print(json.dumps(doc["cases"][-1], default=str)[:3000], flush=True)
     if args.cpu_figures:
         doc["cpu_figures"] = _cpu_figures(args.work)
-    slug = re.sub(r"[^A-Za-z0-9]+", "_", card).strip("_").lower()
-    suffix = "" if args.evaluator == "pycocotools" else f"_{args.evaluator.replace('-', '_')}"
-    suffix += f"_{re.sub(r'[^A-Za-z0-9]+', '_', args.tag)}" if args.tag else ""
-    stem = args.out / f"accuracy_pass_{slug}_{date}{suffix}"
-    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))
-    stem.with_suffix(".md").write_text(_markdown(doc))
-    print(_markdown(doc))
+    suffix = "" if args.evaluator == "pycocotools" else f"_{slug(args.evaluator)}"
+    suffix += f"_{slug(args.tag)}" if args.tag else ""
+    write_results(args.out, "accuracy_pass", card, date, doc, _markdown(doc), suffix)
     return 0
 
 

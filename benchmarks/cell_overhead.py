@@ -25,12 +25,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _results import write_results  # noqa: E402 (benchmarks/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("yolov8_n", "yolov5_s", "yolov6_n")
@@ -222,11 +223,7 @@ def main(argv=None) -> int:
                                                                 if c["status"] == "ok"}))
                 doc["runs"].append({**r, "mode": f"spawn (from {args.spawn_from.name}: {earlier['date']}, "
                                                  f"detbench {earlier['git']})"})
-    slug = re.sub(r"[^A-Za-z0-9]+", "_", card).strip("_").lower()
-    stem = args.out / f"cell_overhead_{slug}_{doc['date']}"
-    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))
-    stem.with_suffix(".md").write_text(_markdown(doc))
-    print(_markdown(doc))
+    write_results(args.out, "cell_overhead", card, doc["date"], doc, _markdown(doc))
     return 0
 
 
