@@ -150,6 +150,11 @@ class CalibrationSpec(_Strict):
     percentile: float = Field(default=99.99, gt=0, le=100)
     seed: int = 3
     source: Optional[DatasetSpec] = None
+    smoothing: Optional[float] = Field(
+        default=None, ge=0, le=1,
+        description="SmoothQuant-style migration strength α before int8 Q/DQ: each quantized Conv's input "
+                    "is divided per channel by s = max|x|^α / max|W|^(1−α) and its weight multiplied by s "
+                    "(exact in float; TensorRT-compatible). Off when unset")
     # AP-aware int8 (precision int8-mixed, or int8 with ap_budget set): a sensitivity split that
     # is neither the calibration nor the evaluation split; the budget is an AP drop vs fp32
     ap_budget: Optional[float] = Field(default=None, ge=0, le=1)

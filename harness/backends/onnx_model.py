@@ -87,7 +87,7 @@ class OnnxModel:
             calib = self.ctx.calibration_set()
             cal = self.cell["calibration"]
             out, info = quantize_qdq(path, calib, cal["method"], cal["percentile"], self.ctx.cache_dir,
-                                     input_name=c.input_name)
+                                     input_name=c.input_name, smoothing=cal.get("smoothing"))
             self.info.warnings.extend(self.ctx.same_scales_warning(info))
             return out, info
         return path, {}

@@ -178,7 +178,8 @@ class TensorRTRunner(Runner):
                 self.info.warnings.append(mix["note"])
             return path, None
         calib = self.ctx.calibration_set()
-        if self.flavour.has_calibrators and c["method"] in ("entropy", "minmax"):
+        # implicit-quantization calibrators cannot smooth: calibration.smoothing takes the Q/DQ path
+        if self.flavour.has_calibrators and c["method"] in ("entropy", "minmax") and c.get("smoothing") is None:
             from harness.trt.calibrator import make_calibrator
 
             from harness.measure.provenance import file_hash
@@ -197,7 +198,7 @@ class TensorRTRunner(Runner):
         from harness.calibration.qdq import quantize_qdq
 
         path, info = quantize_qdq(onnx_path, calib, c["method"], c["percentile"], self.ctx.cache_dir,
-                                  input_name=self.input_name)
+                                  input_name=self.input_name, smoothing=c.get("smoothing"))
         self.info.facts.update(info)
         return path, None
 

@@ -119,7 +119,7 @@ def evaluation_attribution(ctx, fp32_onnx: Path, calib, test_cfg, groups, flops,
     split = build_split(found, ctx.preprocessor("cpu"), what)
     match_iou = float((ctx.cell.get("alignment") or {}).get("match_iou", 0.5))
     ev = Evaluator(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir, split, test_cfg,
-                   match_iou=match_iou)
+                   match_iou=match_iou, smoothing=c.get("smoothing"))
     from harness.calibration.sensitivity import bootstrap_settings
 
     ev.bootstrap = bootstrap_settings(c)

@@ -28,14 +28,23 @@ HIST_OPTIONS = {"num_bins": 2048, "num_quantized_bins": 128, "symmetric": True}
 
 
 def quantize_qdq(fp32_onnx: Path, calib, method: str, percentile: float, cache_dir: Path,
-                 input_name: str = "images", exclude: tuple[str, ...] = ()) -> tuple[Path, dict]:
+                 input_name: str = "images", exclude: tuple[str, ...] = (),
+                 smoothing: float | None = None) -> tuple[Path, dict]:
     """The Q/DQ int8 model for (ONNX, calibration data, method), built once and cached.
 
     ``input_name``: the graph's image input (a user's ONNX model names it its own way).
     ``exclude``: Conv node names left in float (no Q/DQ around them) — the
     mixed-precision graph; the tensor ranges are the same calibration cache.
+    ``smoothing``: α of :mod:`harness.calibration.smoothing` (None: off); the Q/DQ graph is
+    then built from the smoothed fp32 graph, whose hash keys every cache below.
     """
     import onnxruntime
+
+    smoothed = {}
+    if smoothing is not None:
+        from harness.calibration.smoothing import smooth_graph
+
+        fp32_onnx, smoothed = smooth_graph(fp32_onnx, calib, smoothing, cache_dir, input_name)
 
     opts = {"method": method, **({"percentile": percentile} if method == "percentile" else {})}
     key = hashlib.sha256(json.dumps([file_hash(fp32_onnx), calib.sha256, opts, SETTINGS,
@@ -55,7 +64,8 @@ def quantize_qdq(fp32_onnx: Path, calib, method: str, percentile: float, cache_d
             "calibration_source": calib.source, "calibration_data_sha256": calib.sha256,
             "calibration_cache": str(ranges), "calibration_cache_sha256": file_hash(ranges),
             "scales_sha256": scales_hash(ranges), "qdq_onnx_sha256": file_hash(out),
-            "quantizer": f"onnxruntime.quantization {onnxruntime.__version__}", "settings": SETTINGS}
+            "quantizer": f"onnxruntime.quantization {onnxruntime.__version__}", "settings": SETTINGS,
+            **smoothed}
     return out, info
 
 

@@ -193,12 +193,14 @@ class Evaluator:
     """AP (and output SQNR) of the fp32 graph or a Q/DQ graph with some Convs kept float."""
 
     def __init__(self, fp32_onnx: Path, calib, method: str, percentile: float, cache_dir: Path,
-                 split: Split, test_cfg, match_iou: float | None = None):
+                 split: Split, test_cfg, match_iou: float | None = None, smoothing: float | None = None):
         """``match_iou``: also count each Q/DQ graph's detections that differ from the fp32
-        graph's (class-aware greedy matching at this IoU, as the alignment analysis does)."""
+        graph's (class-aware greedy matching at this IoU, as the alignment analysis does).
+        ``smoothing``: ``calibration.smoothing`` (α) for every Q/DQ graph; the fp32 reference
+        stays the unsmoothed graph."""
         self.fp32_onnx, self.calib, self.method, self.percentile = Path(fp32_onnx), calib, method, percentile
         self.cache_dir, self.split, self.test_cfg = Path(cache_dir), split, test_cfg
-        self.match_iou = match_iou
+        self.match_iou, self.smoothing = match_iou, smoothing
         self.folder = self.cache_dir / "int8" / "sensitivity"
         self._fp32_outputs = None
         self._fp32_dets = None
@@ -214,7 +216,7 @@ class Evaluator:
         from harness.calibration.qdq import quantize_qdq
 
         path, _ = quantize_qdq(self.fp32_onnx, self.calib, self.method, self.percentile,
-                               self.cache_dir, exclude=tuple(sorted(exclude)))
+                               self.cache_dir, exclude=tuple(sorted(exclude)), smoothing=self.smoothing)
         return path
 
     def evaluate(self, exclude) -> dict:
@@ -606,7 +608,8 @@ def int8_graph(ctx, fp32_onnx: Path, test_cfg) -> tuple[Path, dict]:
     cell = ctx.cell
     c = cell["calibration"]
     calib = ctx.calibration_set()
-    path, info = quantize_qdq(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir)
+    smoothing = c.get("smoothing")
+    path, info = quantize_qdq(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir, smoothing=smoothing)
     mixed = cell["precision"] == "int8-mixed" or c.get("ap_budget") is not None
     if not (mixed or c.get("sensitivity")):
         return path, info
@@ -617,11 +620,12 @@ def int8_graph(ctx, fp32_onnx: Path, test_cfg) -> tuple[Path, dict]:
     if given is not None:  # a mix chosen earlier: no sensitivity split, no search
         mix = given_mix(groups, flops, given)
         path, mixed_info = quantize_qdq(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir,
-                                        exclude=tuple(mix["kept_float_nodes"]))
+                                        exclude=tuple(mix["kept_float_nodes"]), smoothing=smoothing)
         return path, _finite({**mixed_info, "int8_mixed": mix})
     found, where = sensitivity_images(cell, ctx.cache_dir)
     split = build_split(found, ctx.preprocessor("cpu"), where)
-    ev = Evaluator(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir, split, test_cfg)
+    ev = Evaluator(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir, split, test_cfg,
+                   smoothing=smoothing)
     ev.bootstrap = bootstrap_settings(c)
     table = analyse(ev, groups, flops)
     info = {**info, "int8_sensitivity": table}
@@ -631,7 +635,7 @@ def int8_graph(ctx, fp32_onnx: Path, test_cfg) -> tuple[Path, dict]:
         mix = search_mix(ev, table, groups, flops, budget, c.get("min_int8_flops", 0.5),
                          c.get("ap_margin_se", 1.0))
         path, mixed_info = quantize_qdq(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir,
-                                        exclude=tuple(mix["kept_float_nodes"]))
+                                        exclude=tuple(mix["kept_float_nodes"]), smoothing=smoothing)
         info = {**mixed_info, "int8_sensitivity": table, "int8_mixed": mix}
     info["int8_sensitivity_evaluations_run"] = ev.evaluations
     from harness.calibration.attribution import evaluation_attribution
