@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from harness.calibration.attribution import lines as attribution_lines
+    from harness.calibration.sensitivity import float_text
     from harness.store import Store
 
     with Store(args.db, readonly=True) as store:
@@ -54,8 +55,9 @@ def main(argv=None) -> int:
             row["speedup_vs_fp32"] = fp32.latency["median_ms"] / row["median_ms"]
         mix = prov.get("int8_mixed")
         if mix:
-            row["mix"] = {k: mix[k] for k in ("ap_budget", "met", "kept_float_groups", "int8_conv_flops_fraction",
-                                              "sensitivity_delta_ap")}
+            row["mix"] = {**{k: mix[k] for k in ("ap_budget", "met", "kept_float_groups", "int8_conv_flops_fraction",
+                                                 "sensitivity_delta_ap")}, "float": float_text(mix),
+                          "source": mix.get("source")}
         if prov.get("int8_attribution"):
             row["attribution"] = attribution_lines(prov["int8_attribution"])
         rows.append(row)
@@ -128,11 +130,11 @@ def _markdown(r: dict) -> str:
     for c in r["cells"]:
         if c.get("mix"):
             m = c["mix"]
-            chosen = ("given by `calibration.float_groups` (matrices/int8_gpu.yaml says which search "
-                      "found it)" if m["met"] is None else
+            chosen = (f"given by `{m.get('source') or 'calibration.float_groups'}` (matrices/int8_gpu.yaml says "
+                      "which search found it)" if m["met"] is None else
                       f"ΔAP on the sensitivity split {m['sensitivity_delta_ap']:+.4f} (budget "
                       f"{m['ap_budget']}, {'met' if m['met'] else 'not met'})")
-            lines.append(f"**int8-mixed:** float groups {', '.join(m['kept_float_groups']) or 'none'}; "
+            lines.append(f"**int8-mixed:** float {m.get('float') or ', '.join(m['kept_float_groups']) or 'none'}; "
                          f"{m['int8_conv_flops_fraction']:.1%} of conv FLOPs int8; {chosen}; on the evaluation split "
                          f"{f(c.get('delta_ap_vs_fp32'), '+.4f')} vs the CUDA EP's fp32 — target "
                          f"{v.get('mixed_target')}: **{'met' if v.get('mixed_met') else 'NOT met'}**.")

@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     if args.run_id is None:
         subprocess.run([sys.executable, "-m", "harness.cli", "run", str(ROOT / "matrices/int8_mixed.yaml"),
                         "--db", args.db, "--cache-dir", args.cache_dir], check=False)
+    from harness.calibration.sensitivity import float_text
     from harness.runner.compare import int8_layers, mix_summary, sensitivity_rows
     from harness.store import Store
 
@@ -61,11 +62,12 @@ def main(argv=None) -> int:
     full = cells["int8/onnxruntime"].metrics["AP"] - ort32
     synth = ((mixed.params or {}).get("dataset") or {}).get("synth") or {}
     eval_images = synth.get("images")
-    mixed_eval = _evaluation_interval(mixed.provenance.get("int8_attribution"), mix["kept_float_groups"], dap)
+    mixed_eval = _evaluation_interval(mixed.provenance.get("int8_attribution"), mix, dap)
     int8_eval = _evaluation_interval((cells["int8/onnxruntime"].provenance or {}).get("int8_attribution"),
-                                     [], full)
+                                     None, full)
     verdict = {"delta_ap_vs_fp32": dap, "int8_conv_flops_fraction": mix["int8_conv_flops_fraction"],
-               "kept_float_groups": mix["kept_float_groups"],
+               "kept_float_groups": mix["kept_float_groups"], "float": float_text(mix),
+               "granularity": mix.get("granularity", "group"), "kept_float_convs": len(mix["kept_float_nodes"]),
                "evaluation_bootstrap": mixed_eval,
                "target": f"ΔAP >= {TARGET_DAP} with >= {TARGET_FLOPS:.0%} of conv FLOPs int8",
                "met": dap >= TARGET_DAP and mix["int8_conv_flops_fraction"] >= TARGET_FLOPS,
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
     layers = int8_layers(mixed.provenance)
     if full < 0:
         layers["attribution"].append(
-            f"evaluation split: keeping {', '.join(mix['kept_float_groups']) or 'no group'} float removes "
+            f"evaluation split: keeping {float_text(mix)} float removes "
             f"{(dap - full) / -full:.0%} of the int8 cell's ΔAP ({full:+.4f} -> {dap:+.4f} vs ONNX Runtime fp32)")
     t = layers["sensitivity"]
     result = {"benchmark": "int8-mixed on the fixture", "date": datetime.now(timezone.utc).isoformat(),
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
              f"**Target** {verdict['target']}: **{'met' if verdict['met'] else 'NOT met'}** — int8-mixed "
              f"ΔAP {dap:+.4f}{_iv(mixed_eval)} vs ONNX Runtime fp32 on the evaluation split, "
              f"{mix['int8_conv_flops_fraction']:.1%} of conv FLOPs int8, float: "
-             f"{', '.join(mix['kept_float_groups']) or 'none'}."
+             f"{float_text(mix)}."
              + ("" if verdict["met_at_ci_low"] is None else
                 f" The 95 % CI's lower end {'also meets' if verdict['met_at_ci_low'] else 'does not meet'} "
                 f"the target.") + f" (all-int8 cell: ΔAP {full:+.4f}{_iv(int8_eval)}.)", "",
@@ -152,17 +154,20 @@ def _iv(b):
     return f" ({own}95% CI [{b['ci_low']:+.4f}, {b['ci_high']:+.4f}], SE {b['se']:.4f})"
 
 
-def _evaluation_interval(record, float_groups, cell_delta):
+def _evaluation_interval(record, mix, cell_delta):
     """The paired-bootstrap interval of a graph's ΔAP on the evaluation split, from a cell's
-    attribution record (the int8 graph: ``float_groups`` empty; a mix: the row of its groups);
+    attribution record (the int8 graph: ``mix`` None; a mix: the row of its float set);
     None unless the record covers the whole split and its ΔAP is the cell's."""
     if not record or "int8_delta_ap_ci" not in record or "of" in str(record.get("split", "")):
         return None
-    if not float_groups:
+    if not mix or not mix.get("kept_float_nodes"):
         d, se, ci = record["int8_delta_ap"], record["int8_delta_ap_se"], record["int8_delta_ap_ci"]
     else:
-        row = next((r for r in record["rows"] if set(r["groups"]) == set(float_groups) and "delta_ap_ci" in r),
-                   None)
+        nodes = set(mix["kept_float_nodes"])
+        row = next((r for r in record["rows"] if "delta_ap_ci" in r and (
+            set(r.get("nodes") or []) == nodes or (r["kind"] != "mix" and "nodes" not in r
+                                                    and set(r["groups"]) == set(mix["kept_float_groups"])
+                                                    and mix.get("granularity", "group") == "group"))), None)
         if row is None:
             return None
         d, se, ci = row["delta_ap"], row["delta_ap_se"], row["delta_ap_ci"]

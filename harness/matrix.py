@@ -173,6 +173,10 @@ class CalibrationSpec(_Strict):
     float_groups: Optional[list[str]] = Field(
         default=None, description="int8-mixed: keep exactly these layer groups float (e.g. the mix an "
                                   "earlier run's search found): no sensitivity split, no search")
+    float_convs: Optional[list[str]] = Field(
+        default=None, description="int8-mixed: keep exactly these Conv nodes float (with float_groups: "
+                                  "both), e.g. a conv-level mix an earlier run's search found "
+                                  "(its int8_mixed.kept_float_nodes)")
     attribution_images: int = Field(
         default=100, ge=0, description="with a sensitivity table: the first N evaluation images on "
                                        "which each layer group's share of the int8 ΔAP is measured (0: off)")

@@ -692,3 +692,99 @@ def test_int8_mixed_cell_with_given_float_groups_skips_the_search(tmp_path):
     assert {n for n, q in fed.items() if not q} == set(mix["kept_float_nodes"]) and len(mix["kept_float_nodes"]) == 4
     assert not runner.info.warnings
     runner.close()
+
+
+# ---------------------------------------------------------------- the conv-level step
+
+
+class PerConvEvaluator:
+    """AP = fp32 minus the loss of every Conv still int8 (additive per Conv), no ONNX involved."""
+
+    def __init__(self, losses, fp32=0.60):
+        self.losses, self.fp32, self.calls = losses, fp32, []
+
+    def evaluate(self, exclude):
+        self.calls.append(exclude)
+        if exclude is None:
+            return {"ap": self.fp32}
+        return {"ap": self.fp32 - sum(v for n, v in self.losses.items() if n not in exclude)}
+
+
+def _conv_level_search(losses, budget=0.003, min_int8_flops=0.8):
+    from harness.calibration.sensitivity import search_mix
+
+    # every group is too expensive (or too weak) to keep float, but the five cheap convs of the
+    # backbone's late stage and the neck carry most of the loss: only a conv-level set meets it
+    groups = {"backbone.early": ["e1", "e2"], "backbone.late": ["l1", "l2", "l3"], "neck": ["n1", "n2"],
+              "head": ["h1"], "decode": []}
+    flops = {"e1": 30.0, "e2": 20.0, "l1": 2.0, "l2": 3.0, "l3": 25.0, "n1": 4.0, "n2": 6.0, "h1": 10.0}
+    ev = PerConvEvaluator(losses)
+    full = ev.fp32 - sum(losses.values())
+    rows = []
+    for g, nodes in groups.items():
+        if nodes:
+            rec = ev.evaluate(frozenset(nodes))["ap"] - full
+            rows.append({"group": g, "convs": len(nodes), "recovered_ap": rec})
+    rows.sort(key=lambda r: -r["recovered_ap"])
+    table = {"fp32_ap": ev.fp32, "int8_ap": full, "rows": rows + [{"group": "decode", "convs": 0}]}
+    return search_mix(ev, table, groups, flops, budget, min_int8_flops), ev
+
+
+def test_when_no_group_mix_meets_the_budget_the_cheapest_convs_are_tried():
+    losses = {"e1": 0.0005, "e2": 0.0005, "l1": 0.002, "l2": 0.002, "l3": 0.001, "n1": 0.002, "n2": 0.002,
+              "h1": 0.0005}
+    mix, ev = _conv_level_search(losses)
+    assert mix["met"] and mix["granularity"] == "conv" and mix["strategy"] == "cheapest convs first"
+    # room 20 % of 100 FLOPs: 25 % of it (5) holds l1+l2; 50 % (10) l1, l2, n1 -> ΔAP -0.0045 misses;
+    # all of it (20) l1, l2, n1, n2 (15 FLOPs; h1 would make 25) -> ΔAP -0.0025 meets
+    assert mix["kept_float_nodes"] == ["l1", "l2", "n1", "n2"]
+    assert mix["kept_float_groups"] == ["neck"] and mix["kept_float_partial_groups"] == {"backbone.late": 2}
+    assert mix["int8_conv_flops_fraction"] == pytest.approx(0.85)
+    assert mix["sensitivity_delta_ap"] == pytest.approx(-0.0025)
+    steps = [s["action"] for s in mix["search"] if "cheapest" in s["action"]]
+    assert steps == ["keep the 2 cheapest convs float (≤ 5.0% of conv FLOPs)",
+                     "keep the 3 cheapest convs float (≤ 10.0% of conv FLOPs)",
+                     "keep the 4 cheapest convs float (≤ 20.0% of conv FLOPs)"]
+    from harness.calibration.sensitivity import float_text
+
+    assert float_text(mix) == "the 4 cheapest convs (all of neck; part of backbone.late (2))"
+
+
+def test_a_group_mix_that_meets_the_budget_needs_no_conv_level_step():
+    losses = {"e1": 0.0, "e2": 0.0, "l1": 0.0, "l2": 0.0, "l3": 0.0, "n1": 0.002, "n2": 0.002, "h1": 0.0}
+    mix, _ = _conv_level_search(losses)
+    assert mix["met"] and mix["granularity"] == "group" and mix["kept_float_groups"] == ["neck"]
+    assert not any("cheapest" in s["action"] for s in mix["search"])
+
+
+def test_when_nothing_meets_the_budget_the_best_of_groups_and_conv_sets_is_kept():
+    losses = {"e1": 0.004, "e2": 0.004, "l1": 0.001, "l2": 0.001, "l3": 0.004, "n1": 0.001, "n2": 0.001,
+              "h1": 0.004}
+    mix, _ = _conv_level_search(losses)
+    assert not mix["met"] and "no mix met the budget" in mix["note"]
+    # groups: head and neck float (20 % of FLOPs) leave ΔAP -0.014; the 4 cheapest convs -0.016
+    assert mix["granularity"] == "group" and sorted(mix["kept_float_groups"]) == ["head", "neck"]
+    assert mix["sensitivity_delta_ap"] == pytest.approx(-0.014)
+    conv_steps = [s for s in mix["search"] if "cheapest" in s["action"]]
+    assert len(conv_steps) == 3 and conv_steps[-1]["delta_ap"] == pytest.approx(-0.016)
+    best = max((s for s in mix["search"] if s.get("criterion") is not None), key=lambda s: s["criterion"])
+    assert mix["sensitivity_delta_ap"] == pytest.approx(best["delta_ap"])
+
+
+def test_a_given_conv_level_mix_names_its_whole_and_partial_groups():
+    from harness.calibration.sensitivity import float_text, given_mix
+
+    groups = {"backbone.late": ["l1", "l2", "l3"], "neck": ["n1", "n2"], "decode": []}
+    flops = {"l1": 10.0, "l2": 10.0, "l3": 30.0, "n1": 25.0, "n2": 25.0}
+    mix = given_mix(groups, flops, [], ["l1", "n1", "n2"])
+    assert mix["source"] == "calibration.float_convs" and mix["met"] is None
+    assert mix["kept_float_nodes"] == ["l1", "n1", "n2"] and mix["granularity"] == "conv"
+    assert mix["kept_float_groups"] == ["neck"] and mix["kept_float_partial_groups"] == {"backbone.late": 1}
+    assert mix["int8_conv_flops_fraction"] == pytest.approx(0.4)
+    assert float_text(mix) == "3 convs (all of neck; part of backbone.late (1))"
+    both = given_mix(groups, flops, ["neck"], ["l1"])
+    assert both["kept_float_nodes"] == ["l1", "n1", "n2"]
+    assert both["source"] == "calibration.float_groups and calibration.float_convs"
+    with pytest.raises(UserError, match=r"^calibration.float_convs: 'x9' is not a Conv node") as err:
+        given_mix(groups, flops, [], ["l1", "x9"])
+    assert "\n" not in str(err.value)

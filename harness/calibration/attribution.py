@@ -28,11 +28,14 @@ def candidates(groups: dict[str, list[str]], table: dict | None, mix: dict | Non
     ranked = [r["group"] for r in (table or {}).get("rows", []) if r.get("convs") and r.get("rank")]
     for group in ranked[:TOP_GROUPS]:
         out.append({"kind": "group", "name": group, "groups": [group]})
-    if mix and mix.get("kept_float_groups"):
-        out.append({"kind": "mix", "name": "the mix's float groups", "groups": list(mix["kept_float_groups"])})
+    if mix and mix.get("kept_float_nodes"):
+        from harness.calibration.sensitivity import float_text
+
+        out.append({"kind": "mix", "name": f"the mix's float set ({float_text(mix)})",
+                    "groups": list(mix.get("kept_float_groups") or []), "nodes": sorted(mix["kept_float_nodes"])})
     seen, unique = set(), []
     for c in out:
-        key = frozenset(c["groups"])
+        key = frozenset(c["nodes"]) if "nodes" in c else frozenset(n for g in c["groups"] for n in groups[g])
         if key not in seen:
             seen.add(key)
             unique.append(c)
@@ -52,7 +55,7 @@ def attribute(ev, groups: dict[str, list[str]], flops: dict[str, float], table: 
     loss = fp32["ap"] - full["ap"]
     rows = []
     for c in candidates(groups, table, mix):
-        nodes = frozenset(n for g in c["groups"] for n in groups[g])
+        nodes = frozenset(c["nodes"]) if "nodes" in c else frozenset(n for g in c["groups"] for n in groups[g])
         got = ev.evaluate(nodes)
         boot = ev.delta(nodes) if hasattr(ev, "delta") else None
         rows.append({**c, "convs": len(nodes),
@@ -88,7 +91,7 @@ def lines(record: dict, limit: int = 4) -> list[str]:
     out = []
     for row in sorted(record["rows"], key=lambda r: -(r["recovered_fraction"] or 0.0)):
         what = {"part": f"the {row['name']}", "group": row["name"],
-                "mix": f"the mix's float groups ({', '.join(row['groups'])})"}[row["kind"]]
+                "mix": row["name"] if "nodes" in row else f"the mix's float groups ({', '.join(row['groups'])})"}[row["kind"]]
         diff = row["differences_recovered_fraction"]
         diff_text = "" if diff is None else f"; {diff:.0%} of the {diffs:,} differing detections too"
         if loss > 0:
@@ -167,7 +170,9 @@ def summary_lines(provenance: dict) -> list[str]:
     out = []
     mix = provenance.get("int8_mixed")
     if mix:
-        float_part = (f"float: {', '.join(mix['kept_float_groups']) or 'none'}; "
+        from harness.calibration.sensitivity import float_text
+
+        float_part = (f"float: {float_text(mix)}; "
                       f"{mix['int8_conv_flops_fraction']:.1%} of conv FLOPs int8")
         if mix["met"] is None:
             out.append(f"mix given by calibration.float_groups (no search); {float_part}")

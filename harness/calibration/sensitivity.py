@@ -489,9 +489,33 @@ def analyse(ev: Evaluator, groups: dict[str, list[str]], flops: dict[str, float]
             "rows": rows}
 
 
+def cheapest_convs(flops: dict[str, float], share: float) -> list[str]:
+    """The Convs kept float by the conv-level step: cheapest first, while their FLOPs together stay
+    within ``share`` of all conv FLOPs.
+
+    Per-tensor int8 adds about the same relative noise at every quantized Conv input (on the
+    fixture each tensor's own SQNR is 27–37 dB, ``benchmarks/results/int8_mixed_probe.md``), and
+    the loss builds up from all of them; so for the int8 FLOPs given up, the cheapest Convs (late,
+    low-resolution stages) take the most quantization points out of the graph.
+    """
+    total = sum(flops.values()) or 1.0
+    kept, used = [], 0.0
+    for name in sorted(flops, key=lambda n: (flops[n], n)):
+        if used + flops[name] > share * total + 1e-9:
+            break
+        kept.append(name)
+        used += flops[name]
+    return kept
+
+
+CONV_LEVEL_SHARES = (0.25, 0.5, 1.0)  # of the float room (1 − min_int8_flops) the conv-level step tries
+
+
 def search_mix(ev: Evaluator, table: dict, groups: dict[str, list[str]], flops: dict[str, float],
                budget: float, min_int8_flops: float, margin_se: float = 1.0) -> dict:
     """Groups to keep float, greedily in ranking order, until the mix meets the budget; then pruned.
+    When no group mix meets it, a conv-level step follows: the cheapest Convs float
+    (:func:`cheapest_convs`) within 25 %, 50 % and 100 % of the float room the FLOPs floor leaves.
 
     *Meets the budget*: ΔAP − ``margin_se`` × SE ≥ −budget, SE being the paired bootstrap's
     standard error of ΔAP over the split's images (``ev.bootstrap``; the point estimate alone
@@ -510,28 +534,33 @@ def search_mix(ev: Evaluator, table: dict, groups: dict[str, list[str]], flops: 
     def nodes_of(kept):
         return frozenset(n for g in kept for n in groups[g])
 
+    def share_of(nodes):
+        return 1.0 - sum(flops.get(n, 0.0) for n in nodes) / total
+
     def int8_share(kept):
-        return 1.0 - sum(flops.get(n, 0.0) for n in nodes_of(kept)) / total
+        return share_of(nodes_of(kept))
 
     bootstrap = getattr(ev, "bootstrap", None) or {}
     delta = getattr(ev, "delta", None) if bootstrap.get("samples") else None
 
-    def try_mix(kept, action):
-        nodes = nodes_of(kept)
-        ap = ev.evaluate(nodes)["ap"] if kept else table["int8_ap"]
+    def try_nodes(nodes, kept, action, extra=None):
+        ap = ev.evaluate(nodes)["ap"] if nodes else table["int8_ap"]
         boot = delta(nodes) if delta else None
         se = boot["se"] if boot else 0.0
         value = ap - fp32 - margin_se * se
-        steps.append({"action": action, "kept_float": list(kept), "delta_ap": ap - fp32,
-                      "int8_flops_fraction": int8_share(kept), "criterion": value,
+        steps.append({"action": action, "kept_float": list(kept), **(extra or {}), "delta_ap": ap - fp32,
+                      "int8_flops_fraction": share_of(nodes), "criterion": value,
                       "meets_budget": value >= -budget,
                       **({"se": boot["se"], "ci_low": boot["ci_low"], "ci_high": boot["ci_high"]}
                          if boot else {})})
         return value, ap, boot
 
+    def try_mix(kept, action):
+        return try_nodes(nodes_of(kept), kept, action)
+
     kept: list[str] = []
     value, ap, boot = try_mix(kept, "all int8")
-    best = (value, ap, boot, list(kept))
+    best = (value, ap, boot, list(kept), None)
     order = [r["group"] for r in table["rows"] if r["convs"] and r.get("score", r["recovered_ap"]) > 0]
     for group in order:
         if value >= -budget:
@@ -546,7 +575,7 @@ def search_mix(ev: Evaluator, table: dict, groups: dict[str, list[str]], flops: 
         if cand_value > value:  # a group that does not help stays int8
             kept, value, ap, boot = cand, cand_value, cand_ap, cand_boot
             if value > best[0]:
-                best = (value, ap, boot, list(kept))
+                best = (value, ap, boot, list(kept), None)
     met = value >= -budget
     if met:
         for group in list(reversed(kept[:-1])):
@@ -554,14 +583,40 @@ def search_mix(ev: Evaluator, table: dict, groups: dict[str, list[str]], flops: 
             cand_value, cand_ap, cand_boot = try_mix(cand, f"prune {group} (back to int8)")
             if cand_value >= -budget:
                 kept, value, ap, boot = cand, cand_value, cand_ap, cand_boot
-        best = (value, ap, boot, kept)
-    value, ap, boot, kept = best
+        best = (value, ap, boot, kept, None)
+    else:  # the conv-level step: the cheapest Convs float, the smallest set that meets the budget
+        room = max(0.0, 1.0 - min_int8_flops)
+        tried = set()
+        for part in CONV_LEVEL_SHARES:
+            nodes = frozenset(cheapest_convs(flops, room * part))
+            if not nodes or nodes in tried:
+                continue
+            tried.add(nodes)
+            label = f"{len(nodes)} cheapest convs"
+            cand_value, cand_ap, cand_boot = try_nodes(
+                nodes, [label], f"keep the {label} float (≤ {room * part:.1%} of conv FLOPs)",
+                {"kept_float_nodes": sorted(nodes)})
+            if cand_value > best[0]:
+                best = (cand_value, cand_ap, cand_boot, sorted(nodes), "conv")
+            if cand_value >= -budget:
+                met = True
+                break
+    value, ap, boot, kept, level = best
+    if level == "conv":
+        nodes = frozenset(kept)
+        whole = [g for g, members in groups.items() if members and set(members) <= nodes]
+        partial = {g: sum(1 for n in members if n in nodes) for g, members in groups.items()
+                   if members and not set(members) <= nodes and nodes & set(members)}
+        record = {"granularity": "conv", "kept_float_groups": whole, "kept_float_partial_groups": partial,
+                  "kept_float_nodes": sorted(nodes), "strategy": "cheapest convs first"}
+    else:
+        nodes = nodes_of(kept)
+        record = {"granularity": "group", "kept_float_groups": kept, "kept_float_nodes": sorted(nodes)}
     rule = (f"ΔAP − {margin_se:g} × SE ≥ −{budget}" if boot and margin_se else f"ΔAP ≥ −{budget}")
     return {"ap_budget": budget, "min_int8_flops": min_int8_flops, "met": met,
             "criterion": rule, "margin_se": margin_se,
             "bootstrap": {k: bootstrap.get(k) for k in ("samples", "seed", "level")} if boot else None,
-            "kept_float_groups": kept, "kept_float_nodes": sorted(nodes_of(kept)),
-            "int8_conv_flops_fraction": int8_share(kept), "sensitivity_delta_ap": ap - fp32,
+            **record, "int8_conv_flops_fraction": share_of(nodes), "sensitivity_delta_ap": ap - fp32,
             **({"sensitivity_delta_ap_se": boot["se"], "sensitivity_delta_ap_ci": [boot["ci_low"], boot["ci_high"]]}
                if boot else {}),
             "sensitivity_criterion": value,
@@ -569,6 +624,20 @@ def search_mix(ev: Evaluator, table: dict, groups: dict[str, list[str]], flops: 
             **({} if met else {"note": f"no mix met the budget {budget} ({rule}) with at least "
                                        f"{min_int8_flops:.0%} of conv FLOPs int8; kept the best mix found "
                                        f"(ΔAP {ap - fp32:+.4f})"})}
+
+
+def float_text(mix: dict) -> str:
+    """What a mix keeps float, in words: its groups, or its conv-level set."""
+    if mix.get("granularity") == "conv":
+        n = len(mix.get("kept_float_nodes") or []) or mix.get("kept_float_convs", 0)
+        parts = []
+        if mix.get("kept_float_groups"):
+            parts.append("all of " + ", ".join(mix["kept_float_groups"]))
+        if mix.get("kept_float_partial_groups"):
+            parts.append("part of " + ", ".join(f"{g} ({k})" for g, k in mix["kept_float_partial_groups"].items()))
+        what = f"the {n} cheapest convs" if mix.get("strategy") == "cheapest convs first" else f"{n} convs"
+        return what + (f" ({'; '.join(parts)})" if parts else "")
+    return ", ".join(mix.get("kept_float_groups") or []) or "none"
 
 
 def attribution_lines(table: dict, limit: int = 3) -> list[str]:
@@ -595,7 +664,7 @@ def int8_graph(ctx, fp32_onnx: Path, test_cfg) -> tuple[Path, dict]:
 
     Mixed when the precision is ``int8-mixed`` or ``calibration.ap_budget`` is
     set (budget 0.003 unless given), the float groups searched on the sensitivity
-    split unless ``calibration.float_groups`` names them (:func:`given_mix`: no
+    split unless ``calibration.float_groups`` / ``float_convs`` name them (:func:`given_mix`: no
     split, no table); the ranked table and the mix go into the
     cell's provenance (``int8_sensitivity``, ``int8_mixed``), and with them the
     per-group attribution on the evaluation images (``int8_attribution``, see
@@ -616,9 +685,9 @@ def int8_graph(ctx, fp32_onnx: Path, test_cfg) -> tuple[Path, dict]:
     model = onnx.load(str(fp32_onnx))
     groups = layer_groups(model)
     flops = conv_flops(model, cell["imgsz"])
-    given = c.get("float_groups") if mixed else None
-    if given is not None:  # a mix chosen earlier: no sensitivity split, no search
-        mix = given_mix(groups, flops, given)
+    given = (c.get("float_groups"), c.get("float_convs")) if mixed else (None, None)
+    if given != (None, None):  # a mix chosen earlier: no sensitivity split, no search
+        mix = given_mix(groups, flops, given[0] or [], given[1] or [])
         path, mixed_info = quantize_qdq(fp32_onnx, calib, c["method"], c["percentile"], ctx.cache_dir,
                                         exclude=tuple(mix["kept_float_nodes"]), smoothing=smoothing)
         return path, _finite({**mixed_info, "int8_mixed": mix})
@@ -653,18 +722,34 @@ def bootstrap_settings(calibration: dict) -> dict:
             "seed": int(calibration.get("bootstrap_seed", 0)), "level": 0.95}
 
 
-def given_mix(groups: dict[str, list[str]], flops: dict[str, float], names: list[str]) -> dict:
-    """The mix ``calibration.float_groups`` names (e.g. one an earlier run's search found): no
-    budget and no search, so ``met`` and the sensitivity ΔAP are None."""
+def given_mix(groups: dict[str, list[str]], flops: dict[str, float], names: list[str],
+              convs: list[str] = ()) -> dict:
+    """The mix ``calibration.float_groups`` (layer groups) and/or ``calibration.float_convs`` (Conv
+    node names) name, e.g. one an earlier run's search found: no budget and no search, so ``met``
+    and the sensitivity ΔAP are None."""
     known = [g for g, nodes in groups.items() if nodes]
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UserError(f"calibration.float_groups: '{unknown[0]}' is not a layer group with "
                         f"convolutions in this model's graph; its groups: {', '.join(known)}")
-    nodes = sorted(n for g in names for n in groups[g])
+    every = [n for nodes in groups.values() for n in nodes]
+    strangers = [n for n in convs if n not in set(every)]
+    if strangers:
+        raise UserError(f"calibration.float_convs: '{strangers[0]}' is not a Conv node of this model's graph "
+                        f"(its {len(every)} Convs are named like '{every[0]}'); copy the names from an "
+                        "earlier run's int8_mixed.kept_float_nodes")
+    nodes = sorted({n for g in names for n in groups[g]} | set(convs))
     total = sum(flops.values()) or 1.0
-    return {"source": "calibration.float_groups", "ap_budget": None, "met": None,
-            "kept_float_groups": list(names), "kept_float_nodes": nodes,
+    source = " and ".join(k for k, v in (("calibration.float_groups", names), ("calibration.float_convs", convs)) if v)
+    record = {"granularity": "group", "kept_float_groups": list(names)}
+    if convs:
+        chosen = set(nodes)
+        record = {"granularity": "conv",
+                  "kept_float_groups": [g for g in known if set(groups[g]) <= chosen],
+                  "kept_float_partial_groups": {g: sum(1 for n in groups[g] if n in chosen) for g in known
+                                                if not set(groups[g]) <= chosen and chosen & set(groups[g])}}
+    return {"source": source or "calibration.float_groups", "ap_budget": None, "met": None,
+            **record, "kept_float_nodes": nodes,
             "int8_conv_flops_fraction": 1.0 - sum(flops.get(n, 0.0) for n in nodes) / total,
             "sensitivity_delta_ap": None, "search": []}
 

@@ -103,7 +103,9 @@ def _mix_on_evaluation(cell, ref, cells, layers) -> list[str]:
     mixed = cell.metrics["AP"] - ref.metrics["AP"]
     if full >= 0:
         return []
-    groups = ", ".join(mix["kept_float_groups"]) or "no group"
+    from harness.calibration.sensitivity import float_text
+
+    groups = float_text(mix) if mix.get("kept_float_nodes") else "no group"
     return [f"evaluation split: keeping {groups} float removes {(mixed - full) / -full:.0%} of the "
             f"int8 cell's ΔAP ({full:+.4f} -> {mixed:+.4f} vs {ref.key})"]
 
@@ -272,7 +274,9 @@ def sensitivity_rows(layers: dict) -> list[dict]:
     def num(v, spec):
         return "—" if v is None else format(v, spec)
 
-    kept = set((layers.get("mixed") or {}).get("kept_float_groups") or [])
+    mixed = layers.get("mixed") or {}
+    kept = set(mixed.get("kept_float_groups") or [])
+    partial = mixed.get("kept_float_partial_groups") or {}
     rows = []
     for r in layers["sensitivity"]["rows"]:
         rows.append({"rank": str(r.get("rank", "—")), "group": r["group"], "convs": str(r["convs"]),
@@ -283,11 +287,14 @@ def sensitivity_rows(layers: dict) -> list[dict]:
                      "ΔAP recovered": num(r.get("recovered_fraction"), ".0%"),
                      "SQNR dB (int8)": num(r.get("conv_sqnr_db"), ".1f"),
                      "out SQNR dB (only)": num(r.get("only_output_sqnr_db"), ".1f"),
-                     "mix": "float" if r["group"] in kept else ("—" if not r["convs"] else "int8")})
+                     "mix": "float" if r["group"] in kept else (
+                         f"{partial[r['group']]} of {r['convs']} float" if r["group"] in partial else
+                         ("—" if not r["convs"] else "int8"))})
     return rows
 
 
 def mix_summary(layers: dict) -> str:
+    from harness.calibration.sensitivity import float_text
     from harness.evaluate.ap_bootstrap import interval
 
     t, mix = layers["sensitivity"], layers.get("mixed")
@@ -302,7 +309,7 @@ def mix_summary(layers: dict) -> str:
     state = "met" if mix["met"] else "NOT met (best mix found kept)"
     rule = f" ({mix['criterion']})" if mix.get("criterion") else ""
     return (f"{head}; mix: budget {mix['ap_budget']} {state}{rule}, float: "
-            f"{', '.join(mix['kept_float_groups']) or 'none'} ({mix['kept_float_convs']} convs), "
+            f"{float_text(mix)} ({mix['kept_float_convs']} convs), "
             f"{mix['int8_conv_flops_fraction']:.1%} of conv FLOPs int8, ΔAP {mix['sensitivity_delta_ap']:+.4f}"
             f"{interval(mix.get('sensitivity_delta_ap_se'), mix.get('sensitivity_delta_ap_ci'), level)}")
 
