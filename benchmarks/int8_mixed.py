@@ -32,6 +32,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default=".detbench")
     ap.add_argument("--run-id", default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/int8_mixed"))
+    ap.add_argument("--where", default="CPU only (no GPU), ONNX Runtime CPU EP",
+                    help="the machine and runtime, for the report")
     args = ap.parse_args(argv)
     if args.run_id is None:
         subprocess.run([sys.executable, "-m", "harness.cli", "run", str(ROOT / "matrices/int8_mixed.yaml"),
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
             f"{(dap - full) / -full:.0%} of the int8 cell's ΔAP ({full:+.4f} -> {dap:+.4f} vs ONNX Runtime fp32)")
     t = layers["sensitivity"]
     result = {"benchmark": "int8-mixed on the fixture", "date": datetime.now(timezone.utc).isoformat(),
-              "host": platform.node(), "device": "CPU only (no GPU), ONNX Runtime CPU EP",
+              "host": platform.node(), "device": args.where,
               "run_id": run.id, "matrix": "matrices/int8_mixed.yaml", "verdict": verdict,
               "int8_evaluation_bootstrap": int8_eval,
               "cells": out_cells, "search": mix["search"], "sensitivity": t,
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
     n_eval = (evaluation or {}).get("images") or eval_images
     method = (calib or {}).get("method") or t["method"]
     cal_images = (calib or {}).get("images") or mixed.provenance.get("calibration_images")
-    lines = [f"# int8-mixed on the fixture ({result['date'][:10]}, {result['host']}, CPU only)", "",
+    lines = [f"# int8-mixed on the fixture ({result['date'][:10]}, {result['host']}: {args.where})", "",
              f"Run `{run.id}` of `matrices/int8_mixed.yaml`: yolov8_synth 320 px, evaluation split "
              f"{'synth seed ' + str(synth['seed']) + ' ' if synth else ''}({n_eval} images), calibration {mixed.provenance.get('calibration_source')} "
              f"({cal_images} images, {method}), sensitivity split {t['split']} ({t['images']} images).", "",
