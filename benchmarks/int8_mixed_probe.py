@@ -41,6 +41,20 @@ def _cell(cache: Path, method: str, images: int) -> dict:
     return {**mx.expand(m)[0], "dataset": resolve_dataset(m.dataset, cache)}
 
 
+def fixture_graph(cache: Path, method: str = "mse", images: int = 32):
+    """(cell context, fp32 ONNX path, post-processing test_cfg) of the fixture's ORT cell."""
+    from harness.backends.onnxruntime import OnnxRuntimeRunner
+    from harness.runner.context import CellContext
+
+    cell = _cell(cache, method, images)
+    ctx = CellContext(cell, cache, cache)
+    runner = OnnxRuntimeRunner(cell, ctx)
+    runner.load()
+    onnx_path, test_cfg = Path(runner.info.artifacts["onnx"]), runner.test_cfg
+    runner.close()
+    return ctx, onnx_path, test_cfg
+
+
 def _interval(d: dict) -> dict:
     return {k: d[k] for k in ("delta_ap", "se", "ci_low", "ci_high")}
 
@@ -49,7 +63,6 @@ def main(argv=None) -> int:
     import numpy as np
     import onnx
 
-    from harness.backends.onnxruntime import OnnxRuntimeRunner
     from harness.calibration.sensitivity import (Evaluator, _conv_outputs, build_split, conv_flops,
                                                  layer_groups, sensitivity_images, sqnr_db)
     from harness.data.coco import CocoDataset
@@ -60,12 +73,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/int8_mixed_probe"))
     args = ap.parse_args(argv)
     cache = Path(args.cache_dir).resolve()
-    cell = _cell(cache, "mse", 32)
-    ctx = CellContext(cell, cache, cache)
-    runner = OnnxRuntimeRunner(cell, ctx)
-    runner.load()
-    onnx_path, test_cfg = Path(runner.info.artifacts["onnx"]), runner.test_cfg
-    runner.close()
+    ctx, onnx_path, test_cfg = fixture_graph(cache)
+    cell = ctx.cell
     pre = ctx.preprocessor("cpu")
     found, where = sensitivity_images(cell, cache)
     sens = build_split(found, pre, where)

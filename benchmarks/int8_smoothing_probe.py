@@ -82,13 +82,11 @@ def _activations_only(fp32: Path, qdq: Path, out: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    from int8_mixed_probe import _cell
+    from int8_mixed_probe import fixture_graph
 
-    from harness.backends.onnxruntime import OnnxRuntimeRunner
     from harness.calibration.sensitivity import Evaluator, build_split
     from harness.data.coco import CocoDataset
     from harness.data.datasets import synth_dataset
-    from harness.runner.context import CellContext
     from _results import write_results
 
     ap = argparse.ArgumentParser()
@@ -100,12 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     args = ap.parse_args(argv)
     cache = Path(args.cache_dir).resolve()
-    cell = _cell(cache, "mse", 32)
-    ctx = CellContext(cell, cache, cache)
-    runner = OnnxRuntimeRunner(cell, ctx)
-    runner.load()
-    fp32, test_cfg = Path(runner.info.artifacts["onnx"]), runner.test_cfg
-    runner.close()
+    ctx, fp32, test_cfg = fixture_graph(cache)
     pre = ctx.preprocessor("cpu")
     calib = ctx.calibration_set()
     alphas = [float(a) for a in args.alphas.split(",") if a]

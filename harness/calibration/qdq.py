@@ -153,6 +153,25 @@ def _write_ranges(fp32_onnx: Path, calib, method: str, percentile: float, ranges
         shutil.move(str(tmp_ranges), ranges)
 
 
+def session_with_outputs(model, tensors, optimize: bool = True):
+    """An ONNX Runtime CPU session of ``model`` (an ``onnx.ModelProto``, not changed) that also
+    returns the named intermediate ``tensors``; ``optimize=False`` runs the graph node by node
+    (Q/DQ pairs as plain fake quantization, nothing fused away)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    have = {o.name for o in model.graph.output}
+    for name in tensors:
+        if name not in have:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
 def _runnable_part(fp32_onnx: Path, tmp: Path) -> Path:
     """The graph ONNX Runtime can execute for calibration.
 

@@ -403,19 +403,13 @@ class Evaluator:
 def _conv_outputs(graph: Path, conv_nodes: list[str], x) -> dict:
     """Each named Conv's output tensor, by exposing them as extra graph outputs."""
     import onnx
-    import onnxruntime as ort
+
+    from harness.calibration.qdq import session_with_outputs
 
     model = onnx.load(str(graph))
     wanted = set(conv_nodes)
     tensors = {n.output[0]: n.name for n in model.graph.node if n.op_type == "Conv" and n.name in wanted}
-    existing = {o.name for o in model.graph.output}
-    for name in tensors:
-        if name not in existing:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = session_with_outputs(model, list(tensors), optimize=False)
     values = sess.run(list(tensors), {"images": x})
     return {tensors[t]: v for t, v in zip(tensors, values)}
 

@@ -89,16 +89,10 @@ def _channel_max(model_path: Path, tensors: list[str], batches, input_name: str)
     """max |x| per channel (axis 1) of each tensor over the calibration batches."""
     import numpy as np
     import onnx
-    import onnxruntime as ort
 
-    model = onnx.load(str(model_path))
-    have = {o.name for o in model.graph.output}
-    for t in tensors:
-        if t not in have:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    from harness.calibration.qdq import session_with_outputs
+
+    sess = session_with_outputs(onnx.load(str(model_path)), tensors)
     out: dict = {}
     for batch in batches:
         for name, value in zip(tensors, sess.run(tensors, {input_name: batch})):
