@@ -89,7 +89,7 @@ def main(argv=None) -> int:
               "attribution": layers["attribution"]}
     Path(args.out + ".json").write_text(json.dumps(result, indent=2, default=str))
     evaluation = (cells["int8/onnxruntime"].provenance or {}).get("int8_attribution")
-    n_eval = (evaluation or {}).get("images") or eval_images
+    n_eval = eval_images or (evaluation or {}).get("images")
     method = (calib or {}).get("method") or t["method"]
     cal_images = (calib or {}).get("images") or mixed.provenance.get("calibration_images")
     lines = [f"# int8-mixed on the fixture ({result['date'][:10]}, {result['host']}: {args.where})", "",
