@@ -70,7 +70,9 @@ def main(argv=None) -> int:
               "run_id": run.id, "git_sha": run.git_sha, "matrix": "matrices/int8_gpu.yaml",
               "onnxruntime": (fp32.provenance or {}).get("onnxruntime"),
               "torch": (fp32.provenance or {}).get("torch"), "cpu": env.get("cpu"),
-              "verdict": verdict, "cells": rows}
+              "verdict": verdict, "cells": rows,
+              "evaluation_images": (((fp32.params or {}).get("dataset") or {}).get("synth") or {}).get("images"),
+              "calibration": (fp32.params or {}).get("calibration")}
     stem = f"int8_gpu_{re.sub(r'[^a-z0-9]+', '_', card.lower()).strip('_')}_{date}"
     out = Path(args.out_dir)
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
@@ -106,7 +108,9 @@ def _markdown(r: dict) -> str:
 
     lines = [f"# fp16 / int8 / int8-mixed on ONNX Runtime's CUDA EP — {r['card']}, {r['date'][:10]}", "",
              f"Run `{r['run_id']}` of `{r['matrix']}` (git `{(r['git_sha'] or '')[:10]}`): fixture yolov8_synth "
-             f"320 px, batch 1, AP on the 100-image evaluation split (synth seed 2); ONNX Runtime "
+             f"320 px, batch 1, AP on the {r.get('evaluation_images') or '?'}-image evaluation split (synth seed 2); "
+             f"calibration {(r.get('calibration') or {}).get('method')} on {(r.get('calibration') or {}).get('images')} "
+             f"images, smoothing α {(r.get('calibration') or {}).get('smoothing')}; ONNX Runtime "
              f"{r['onnxruntime']}, torch {r['torch']}, driver {r['driver']}, GPU {r['gpu_uuid']}. "
              "Latency: model time per batch, CUDA events on ORT's stream (I/O binding).", "",
              "| precision | status | AP | ΔAP vs fp32 | median ms | p99 ms | CV | speed-up vs fp32 | providers |",
