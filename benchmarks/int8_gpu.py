@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--db", default=f"sqlite:///{ROOT / 'benchmarks/results/int8_gpu.db'}")
     ap.add_argument("--run-id", default="latest")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
+    ap.add_argument("--suffix", default="", help="appended to the file stem (a second run of the same day)")
     args = ap.parse_args(argv)
 
     from harness.calibration.attribution import lines as attribution_lines
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
               "verdict": verdict, "cells": rows,
               "evaluation_images": (((fp32.params or {}).get("dataset") or {}).get("synth") or {}).get("images"),
               "calibration": (fp32.params or {}).get("calibration")}
-    stem = f"int8_gpu_{re.sub(r'[^a-z0-9]+', '_', card.lower()).strip('_')}_{date}"
+    stem = f"int8_gpu_{re.sub(r'[^a-z0-9]+', '_', card.lower()).strip('_')}_{date}{args.suffix}"
     out = Path(args.out_dir)
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
     (out / f"{stem}.md").write_text(_markdown(result))
