@@ -7,6 +7,8 @@
 #                  (~17 MB: carried in one call)
 #   .ort5/part0N   onnxruntime-gpu 1.31.1 (256 MB) in 5 parts below the device's 64 MiB per call,
 #   .ort5/SHA256   the whole wheel's sha256, checked by run_gpu_ort.sh after `cat part*`.
+#   .ort6/part0N   the same wheel in 6 parts of 42.6 MB: once the repository's own files reach
+#                  ~15 MB, one .ort5 part plus the tree no longer fits a call's 64 MiB.
 # Both folders are git-ignored: wheels are never committed. See benchmarks/results/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +34,7 @@ wheel=$(ls "$tmp"/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl)
 rm -rf .ort5 && mkdir -p .ort5
 split -n 5 -d -a 2 "$wheel" .ort5/part
 sha256sum "$wheel" | cut -d' ' -f1 > .ort5/SHA256
+rm -rf .ort6 && mkdir -p .ort6 && split -b 42600000 -d -a 2 "$wheel" .ort6/part && cp .ort5/SHA256 .ort6/SHA256
 # the parts must rebuild the exact wheel, as run_gpu_ort.sh does on the device
 [ "$(cat .ort5/part* | sha256sum | cut -d' ' -f1)" = "$(cat .ort5/SHA256)" ] \
   || { echo "fetch_device_wheels: the parts do not rebuild the wheel" >&2; exit 1; }
