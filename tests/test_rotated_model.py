@@ -21,8 +21,11 @@ IMGSZ = 128
 # ONNX Runtime vs PyTorch, as tests/test_export.py: float32 kernels differ in summation order
 # (a raw distance off by 1.5e-4 is 5e-3 px after the stride-32 scale).  Angles: radians; the
 # test model's angle convs are widened (``_varied``) so that angles span the le90 range, which
-# scales the features' float32 noise up too (measured up to 2.1e-3 rad = 0.12 deg).
-BOX_ATOL, BOX_RTOL, SCORE_ATOL, ANGLE_ATOL = 1e-2, 1e-4, 1e-5, 5e-3
+# scales the features' float32 noise up too (measured up to 2.1e-3 rad = 0.12 deg).  Scores
+# (0–0.41 here): with the packages scripts/install.sh installed on 2026-12-01 (onnxruntime 1.32.0)
+# they differ from PyTorch's by up to 1.12e-5 (mean 2.5e-7); the same commit had passed at 1e-5
+# with the previous install.
+BOX_ATOL, BOX_RTOL, SCORE_ATOL, ANGLE_ATOL = 1e-2, 1e-4, 3e-5, 5e-3
 
 
 def corners(box):
