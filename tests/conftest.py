@@ -55,3 +55,36 @@ def has_module(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def yolo_n_export(tmp: Path, calibration: dict):
+    """yolov8_n (random weights, 64 px) exported for an int8-mixed ONNX Runtime cell with these
+    calibration settings: ``(fp32 ONNX path, layer groups, calibration set)``."""
+    import onnx
+
+    from harness import matrix as mx
+    from harness.calibration.sensitivity import layer_groups
+    from harness.data.datasets import resolve_dataset
+    from harness.export.loader import export_for_cell
+    from harness.runner.context import CellContext
+
+    m = mx.parse({"models": [{"name": "yolov8_n", "checkpoint": "random"}], "backends": ["onnxruntime"],
+                  "precisions": ["int8-mixed"], "image_sizes": [64],
+                  "dataset": {"synth": {"images": 2, "seed": 2, "size": 96}}, "calibration": calibration})
+    cell = {**mx.expand(m)[0], "dataset": resolve_dataset(m.dataset, tmp)}
+    ctx = CellContext(cell, tmp, tmp)
+    onnx_path, _ = export_for_cell(ctx, ctx.build_model("cpu"))
+    return onnx_path, layer_groups(onnx.load(str(onnx_path))), ctx.calibration_set()
+
+
+def assert_tensorrt_rtx_builds_int8(graph: Path):
+    """TensorRT-RTX parses the Q/DQ graph and builds a strongly typed engine with int8 layers;
+    returns the build result."""
+    from harness.trt import build_engine, check_graph, detect
+
+    rtx = detect(prefer="tensorrt_rtx")
+    assert check_graph(graph, rtx, "int8") == []
+    r = build_engine(graph, flavour=rtx, precision="int8", profile=(1, 1, 1))
+    assert r.engine_size > 0 and r.typing == "strong"
+    assert "int8" in set(r.layer_precisions.values()), r.layer_precisions
+    return r

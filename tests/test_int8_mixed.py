@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import has_module, run_cli
+from conftest import assert_tensorrt_rtx_builds_int8, has_module, run_cli, yolo_n_export
 from harness.errors import UserError
 
 needs_onnx = pytest.mark.skipif(not has_module("onnx"), reason="needs onnx")
@@ -234,26 +234,11 @@ def test_sensitivity_seed_equal_to_evaluation_seed_is_refused(tmp_path):
 def mixed_graph(tmp_path_factory):
     """yolov8_n (random weights, 64 px): its export, the full Q/DQ graph and a mix with the
     stem and both prediction convs kept float."""
-    import onnx
-
-    from harness import matrix as mx
     from harness.calibration.qdq import quantize_qdq
-    from harness.calibration.sensitivity import layer_groups
-    from harness.data.datasets import resolve_dataset
-    from harness.export.loader import export_for_cell
-    from harness.runner.context import CellContext
 
     tmp = tmp_path_factory.mktemp("mixed")
-    m = mx.parse({"models": [{"name": "yolov8_n", "checkpoint": "random"}], "backends": ["onnxruntime"],
-                  "precisions": ["int8-mixed"], "image_sizes": [64],
-                  "dataset": {"synth": {"images": 2, "seed": 2, "size": 96}},
-                  "calibration": {"images": 2, "seed": 3}})
-    cell = {**mx.expand(m)[0], "dataset": resolve_dataset(m.dataset, tmp)}
-    ctx = CellContext(cell, tmp, tmp)
-    onnx_path, _ = export_for_cell(ctx, ctx.build_model("cpu"))
-    groups = layer_groups(onnx.load(str(onnx_path)))
+    onnx_path, groups, calib = yolo_n_export(tmp, {"images": 2, "seed": 3})
     kept = groups["backbone.stem"] + groups["head.cls_preds.pred"] + groups["head.reg_preds.pred"]
-    calib = ctx.calibration_set()
     full, info_full = quantize_qdq(onnx_path, calib, "minmax", 99.99, tmp)
     mixed, info = quantize_qdq(onnx_path, calib, "minmax", 99.99, tmp, exclude=tuple(kept))
     return SimpleNamespace(fp32=onnx_path, full=full, mixed=mixed, kept=kept, groups=groups,
@@ -297,14 +282,8 @@ def test_onnxruntime_runs_the_mixed_graph_closer_to_fp32(mixed_graph):
 @needs_stack
 @needs_rtx
 def test_tensorrt_rtx_builds_the_mixed_graph(mixed_graph):
-    from harness.trt import build_engine, check_graph, detect
-
-    rtx = detect(prefer="tensorrt_rtx")
-    assert check_graph(mixed_graph.mixed, rtx, "int8") == []
-    r = build_engine(mixed_graph.mixed, flavour=rtx, precision="int8", profile=(1, 1, 1))
-    assert r.engine_size > 0 and r.typing == "strong"
-    precisions = set(r.layer_precisions.values())
-    assert "int8" in precisions and "fp32" in precisions, r.layer_precisions
+    r = assert_tensorrt_rtx_builds_int8(mixed_graph.mixed)
+    assert "fp32" in set(r.layer_precisions.values()), r.layer_precisions
 
 
 @needs_stack

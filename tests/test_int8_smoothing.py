@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import has_module
+from conftest import assert_tensorrt_rtx_builds_int8, has_module, yolo_n_export
 from harness import matrix as mx
 from harness.errors import UserError
 
@@ -176,25 +176,11 @@ def test_smoothing_reaches_the_cell():
 
 @pytest.fixture(scope="module")
 def smoothed_yolo(tmp_path_factory):
-    import onnx
-
     from harness.calibration.qdq import quantize_qdq
-    from harness.calibration.sensitivity import layer_groups
-    from harness.data.datasets import resolve_dataset
-    from harness.export.loader import export_for_cell
-    from harness.runner.context import CellContext
 
     tmp = tmp_path_factory.mktemp("smoothed")
-    m = mx.parse({"models": [{"name": "yolov8_n", "checkpoint": "random"}], "backends": ["onnxruntime"],
-                  "precisions": ["int8-mixed"], "image_sizes": [64],
-                  "dataset": {"synth": {"images": 2, "seed": 2, "size": 96}},
-                  "calibration": {"images": 2, "seed": 3, "smoothing": 0.8}})
-    cell = {**mx.expand(m)[0], "dataset": resolve_dataset(m.dataset, tmp)}
-    ctx = CellContext(cell, tmp, tmp)
-    onnx_path, _ = export_for_cell(ctx, ctx.build_model("cpu"))
-    groups = layer_groups(onnx.load(str(onnx_path)))
+    onnx_path, groups, calib = yolo_n_export(tmp, {"images": 2, "seed": 3, "smoothing": 0.8})
     kept = groups["backbone.stem"] + groups["head.cls_preds.pred"]
-    calib = ctx.calibration_set()
     mixed, info = quantize_qdq(onnx_path, calib, "minmax", 99.99, tmp, exclude=tuple(kept), smoothing=0.8)
     return types.SimpleNamespace(fp32=onnx_path, mixed=mixed, info=info, kept=kept, calib=calib)
 
@@ -245,10 +231,4 @@ def test_onnxruntime_runs_the_smoothed_mixed_graph(smoothed_yolo):
 @needs_stack
 @needs_rtx
 def test_tensorrt_rtx_builds_the_smoothed_mixed_graph(smoothed_yolo):
-    from harness.trt import build_engine, check_graph, detect
-
-    rtx = detect(prefer="tensorrt_rtx")
-    assert check_graph(smoothed_yolo.mixed, rtx, "int8") == []
-    r = build_engine(smoothed_yolo.mixed, flavour=rtx, precision="int8", profile=(1, 1, 1))
-    assert r.engine_size > 0 and r.typing == "strong"
-    assert "int8" in set(r.layer_precisions.values())
+    assert_tensorrt_rtx_builds_int8(smoothed_yolo.mixed)
