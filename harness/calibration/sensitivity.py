@@ -488,7 +488,8 @@ def cheapest_convs(flops: dict[str, float], share: float) -> list[str]:
     within ``share`` of all conv FLOPs.
 
     Per-tensor int8 adds about the same relative noise at every quantized Conv input (on the
-    fixture each tensor's own SQNR is 27–37 dB, ``benchmarks/results/int8_mixed_probe.md``), and
+    fixture the 57 quantized activations' own SQNR is 27–41 dB, median 33:
+    ``benchmarks/results/int8_activation_sqnr_*.md``), and
     the loss builds up from all of them; so for the int8 FLOPs given up, the cheapest Convs (late,
     low-resolution stages) take the most quantization points out of the graph.
     """
